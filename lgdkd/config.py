@@ -3,6 +3,7 @@
 Use :func:`get_cfg` (detectron2's defaults + these) or call :func:`add_lgdkd_config` on a
 detectron2 config. Only ``from_config`` classmethods and the engine read these keys.
 """
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 

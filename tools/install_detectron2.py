@@ -111,7 +111,9 @@ def download_sdist(cache):
         os.remove(target)
     bootstrap = [f for f in os.listdir(cache) if f.startswith("pip-25.3") and f.endswith(".whl")]
     if not bootstrap:
-        subprocess.check_call(pip_cmd() + ["download", "-q", "--no-deps", "-d", cache, BOOTSTRAP_PIP])
+        subprocess.check_call(
+            pip_cmd() + ["download", "-q", "--no-deps", "-d", cache, BOOTSTRAP_PIP]
+        )
         bootstrap = [
             f for f in os.listdir(cache) if f.startswith("pip-25.3") and f.endswith(".whl")
         ]
@@ -134,7 +136,9 @@ def download_sdist(cache):
 def build_and_install(sdist):
     with tempfile.TemporaryDirectory(prefix="lgdkd-d2-") as tmp:
         with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith("pb1-detectron2-0.6/detectron2/")]
+            members = [
+                m for m in tar.getmembers() if m.name.startswith("pb1-detectron2-0.6/detectron2/")
+            ]
             tar.extractall(tmp, members=members, filter="data")
         src = os.path.join(tmp, "pb1-detectron2-0.6")
         with open(os.path.join(src, "setup.py"), "w") as f:
@@ -144,7 +148,9 @@ def build_and_install(sdist):
             pip_cmd() + ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheel_dir, src]
         )
         wheel = [os.path.join(wheel_dir, f) for f in os.listdir(wheel_dir) if f.endswith(".whl")]
-        subprocess.check_call(pip_cmd() + ["install", "-q", "--force-reinstall", "--no-deps"] + wheel)
+        subprocess.check_call(
+            pip_cmd() + ["install", "-q", "--force-reinstall", "--no-deps"] + wheel
+        )
 
 
 def main():

@@ -3,8 +3,10 @@
 Images are noise backgrounds with filled rectangles and ellipses of two classes; every
 image may also be left without objects (``empty_every``) to exercise the no-box paths.
 """
+
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -78,3 +80,49 @@ def register_toy(name, root, **kwargs):
     if name not in DatasetCatalog.list():
         register_coco_instances(name, {}, json_path, image_root)
     return name
+
+
+def _generate_once(root, **kwargs):
+    """Generate into a private folder, then rename: safe with several processes at once."""
+    if os.path.exists(os.path.join(root, "annotations.json")):
+        return
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    tmp = f"{root}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_toy_coco(tmp, **kwargs)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# name -> (num_images, seed); generated under <datasets root>/lgdkd_toy/<name> on first use
+TOY_SPLITS = {"lgdkd_toy_train": (8, 0), "lgdkd_toy_val": (4, 1)}
+
+
+def register_builtin_toy(datasets_root):
+    """Register ``lgdkd_toy_train`` / ``lgdkd_toy_val`` lazily (generated on first load).
+
+    Used by configs/quick_schedules (tests and smoke runs), never for accuracy figures.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import load_coco_json
+
+    for name, (num_images, seed) in TOY_SPLITS.items():
+        if name in DatasetCatalog.list():
+            continue
+        root = os.path.join(datasets_root, "lgdkd_toy", name)
+        json_path = os.path.join(root, "annotations.json")
+        image_root = os.path.join(root, "images")
+
+        def load(name=name, root=root, num_images=num_images, seed=seed):
+            _generate_once(root, num_images=num_images, seed=seed)
+            return load_coco_json(os.path.join(root, "annotations.json"), image_root, name)
+
+        DatasetCatalog.register(name, load)
+        MetadataCatalog.get(name).set(
+            thing_classes=list(TOY_CLASSES),
+            json_file=json_path,
+            image_root=image_root,
+            evaluator_type="coco",
+        )

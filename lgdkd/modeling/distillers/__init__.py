@@ -1,0 +1,2 @@
+from .build import DISTILLER_REGISTRY, build_distillers  # noqa: F401
+from .feature_mimic import FeatureMimicDistiller  # noqa: F401

@@ -1,0 +1,142 @@
+"""FitNet-style feature mimicking: adapted student features regressed to teacher features.
+
+Shape shorthand: N images, C_s / C_t student / teacher channels, H x W one level.
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.layers import ShapeSpec
+
+from ...utils.dist import mean_over_workers
+from ..assigners.regions import gt_box_masks, valid_region_masks
+from ..outputs import Assignment, DetectorOutputs
+from .build import DISTILLER_REGISTRY
+
+__all__ = ["FeatureMimicDistiller"]
+
+_MASKS = ("all", "gt_boxes", "assigner")
+
+
+def _adapter(kind: str, c_in: int, c_out: int) -> nn.Module:
+    if kind == "identity":
+        if c_in != c_out:
+            raise ValueError(
+                f"MODEL.DISTILL.FEATURE_MIMIC.ADAPTER 'identity' needs equal channels, got "
+                f"student {c_in} vs teacher {c_out}: use 'conv1x1'."
+            )
+        return nn.Identity()
+    k = {"conv1x1": 1, "conv3x3": 3}.get(kind)
+    if k is None:
+        raise ValueError(
+            f"MODEL.DISTILL.FEATURE_MIMIC.ADAPTER = {kind!r}; valid: conv1x1, conv3x3, identity"
+        )
+    conv = nn.Conv2d(c_in, c_out, kernel_size=k, padding=k // 2)
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+@DISTILLER_REGISTRY.register()
+class FeatureMimicDistiller(nn.Module):
+    """MSE between ``adapter(student feature)`` and the (detached) teacher feature per level.
+
+    Loss of level l over the selected positions P_l (mask m, summed over all workers)::
+
+        L_l = sum_{p in P_l} sum_c (a(s)_{c,p} - t_{c,p})^2 / (C_t * sum_p m_p)
+
+    and the distiller returns ``LOSS_WEIGHT * mean_l L_l`` as ``loss_distill_feature_mimic``.
+    The selected positions are the cells inside the image (padding excluded) for MASK "all",
+    inside a ground-truth box for "gt_boxes", or the assigner's ``region_masks`` for
+    "assigner". Counts are averaged over workers, so the loss is independent of images per
+    worker (batch-invariant).
+    """
+
+    needs_teacher = True
+    loss_names = ("loss_distill_feature_mimic",)
+
+    def __init__(self, cfg, student_shape: Dict[str, ShapeSpec], teacher_shape):
+        super().__init__()
+        c = cfg.MODEL.DISTILL.FEATURE_MIMIC
+        names = list(c.IN_FEATURES) or [k for k in student_shape if k in teacher_shape]
+        t_names = list(c.TEACHER_FEATURES) or names
+        if len(t_names) != len(names):
+            raise ValueError(
+                "MODEL.DISTILL.FEATURE_MIMIC.TEACHER_FEATURES must have one entry per "
+                f"IN_FEATURES entry: {t_names} vs {names}"
+            )
+        if not names:
+            raise ValueError(
+                f"FeatureMimicDistiller: the student ({sorted(student_shape)}) and the teacher "
+                f"({sorted(teacher_shape)}) share no feature name; set "
+                "MODEL.DISTILL.FEATURE_MIMIC.IN_FEATURES / TEACHER_FEATURES."
+            )
+        for s, t in zip(names, t_names):
+            if s not in student_shape:
+                raise ValueError(
+                    f"FeatureMimicDistiller: student has no feature {s!r} (it has "
+                    f"{sorted(student_shape)})."
+                )
+            if t not in teacher_shape:
+                raise ValueError(
+                    f"FeatureMimicDistiller: teacher has no feature {t!r} (it has "
+                    f"{sorted(teacher_shape)}), needed for student feature {s!r}."
+                )
+            if student_shape[s].stride != teacher_shape[t].stride:
+                raise ValueError(
+                    f"FeatureMimicDistiller: student feature {s!r} has stride "
+                    f"{student_shape[s].stride} but teacher feature {t!r} has stride "
+                    f"{teacher_shape[t].stride}; the maps cannot be compared."
+                )
+        if c.MASK not in _MASKS:
+            raise ValueError(f"MODEL.DISTILL.FEATURE_MIMIC.MASK = {c.MASK!r}; valid: {_MASKS}")
+        if c.NORM not in ("none", "instance"):
+            raise ValueError(
+                f"MODEL.DISTILL.FEATURE_MIMIC.NORM = {c.NORM!r}; valid: none, instance"
+            )
+        self.pairs = list(zip(names, t_names))
+        self.strides = {s: student_shape[s].stride for s in names}
+        self.adapters = nn.ModuleDict(
+            {
+                s: _adapter(c.ADAPTER, student_shape[s].channels, teacher_shape[t].channels)
+                for s, t in self.pairs
+            }
+        )
+        self.mask = c.MASK
+        self.norm = c.NORM
+        self.loss_weight = c.LOSS_WEIGHT
+
+    def _masks(self, student: DetectorOutputs, assignment: Optional[Assignment]):
+        feats = {s: student.features[s] for s, _ in self.pairs}
+        if self.mask == "gt_boxes":
+            return gt_box_masks(student.gt_instances, feats, self.strides)
+        if self.mask == "assigner":
+            if assignment is None or assignment.region_masks is None:
+                raise ValueError(
+                    "MODEL.DISTILL.FEATURE_MIMIC.MASK is 'assigner' but no assigner produced "
+                    "region_masks: set MODEL.DISTILL.ASSIGNER.NAME (e.g. GTBoxAssigner)."
+                )
+            return assignment.region_masks
+        return valid_region_masks(student.images.image_sizes, feats, self.strides)
+
+    def forward(self, student: DetectorOutputs, teacher: DetectorOutputs, assignment=None):
+        masks = self._masks(student, assignment)
+        total = 0.0
+        for s, t in self.pairs:
+            pred = self.adapters[s](student.features[s])
+            target = teacher.features[t].detach()
+            if pred.shape != target.shape:
+                raise ValueError(
+                    f"FeatureMimicDistiller: adapted student {s!r} {tuple(pred.shape)} vs "
+                    f"teacher {t!r} {tuple(target.shape)}"
+                )
+            if self.norm == "instance":
+                pred, target = F.instance_norm(pred), F.instance_norm(target)
+            m = masks[s].to(pred.dtype)
+            sq = ((pred - target) ** 2 * m).sum()
+            count = mean_over_workers(m.sum() * target.shape[1]).clamp(min=1.0)
+            total = total + sq / count
+        return {"loss_distill_feature_mimic": self.loss_weight * total / len(self.pairs)}

@@ -1,0 +1,153 @@
+"""Stateless student adapters: how the distillation meta-architecture drives each detector
+family without copying it.
+
+An adapter exposes three steps of the detector's training forward, so that the teacher,
+assigner and distillers can run between them:
+
+* ``preprocess(model, batched_inputs) -> (ImageList, Optional[List[Instances]])``
+* ``run(model, images, gt_instances) -> DetectorOutputs``: backbone (+ dense head)
+* ``task_losses(model, outputs, assignment) -> Dict[str, Tensor]``: the detector's own losses
+
+Adapters hold no state and no parameters; one adapter serves every model of its family.
+Register new ones in ``STUDENT_ADAPTER_REGISTRY``; :func:`build_adapter` picks the first whose
+``supports(model)`` is true, most specific first (``priority``).
+"""
+
+from typing import Dict, List, Optional
+
+from torch import Tensor
+
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
+from detectron2.structures import ImageList, Instances
+from detectron2.utils.registry import Registry
+
+from ..outputs import Assignment, DetectorOutputs
+
+__all__ = [
+    "STUDENT_ADAPTER_REGISTRY",
+    "StudentAdapter",
+    "DenseDetectorAdapter",
+    "GeneralizedRCNNAdapter",
+    "build_adapter",
+    "num_classes_of",
+]
+
+STUDENT_ADAPTER_REGISTRY = Registry("STUDENT_ADAPTER")
+STUDENT_ADAPTER_REGISTRY.__doc__ = """
+Adapters that split a detector's training forward into preprocess / run / task_losses.
+Each registered class is instantiated without arguments and must define
+``supports(model) -> bool`` and a class attribute ``priority`` (higher is tried first).
+"""
+
+
+class StudentAdapter:
+    """Base class; see the module docstring for the protocol."""
+
+    priority = 0
+
+    @staticmethod
+    def supports(model) -> bool:
+        raise NotImplementedError
+
+    def preprocess(self, model, batched_inputs):
+        images = model.preprocess_image(batched_inputs)
+        gt = None
+        if "instances" in batched_inputs[0]:
+            gt = [x["instances"].to(images.tensor.device) for x in batched_inputs]
+        return images, gt
+
+    def _backbone(self, model, images: ImageList):
+        features = model.backbone(images.tensor)
+        shapes = model.backbone.output_shape()
+        return features, {k: shapes[k] for k in features}
+
+
+@STUDENT_ADAPTER_REGISTRY.register()
+class DenseDetectorAdapter(StudentAdapter):
+    """detectron2 ``DenseDetector`` subclasses: RetinaNet, FCOS and lgdkd's dense detectors.
+
+    Relies on the DenseDetector template: ``backbone``, ``head_in_features``, ``head`` and
+    ``forward_training(images, features, predictions, gt_instances)``.
+    """
+
+    @staticmethod
+    def supports(model) -> bool:
+        return isinstance(model, DenseDetector)
+
+    def run(self, model, images: ImageList, gt_instances: Optional[List[Instances]] = None):
+        features, shapes = self._backbone(model, images)
+        head_in = [features[f] for f in model.head_in_features]
+        predictions = model.head(head_in)
+        return DetectorOutputs(
+            images=images,
+            features=features,
+            feature_shapes=shapes,
+            head_in_features=list(model.head_in_features),
+            predictions=list(predictions),
+            gt_instances=gt_instances,
+        )
+
+    def task_losses(
+        self, model, outputs: DetectorOutputs, assignment: Optional[Assignment] = None
+    ) -> Dict[str, Tensor]:
+        if outputs.gt_instances is None:
+            raise ValueError("Training needs 'instances' in every input dict.")
+        head_in = [outputs.features[f] for f in outputs.head_in_features]
+        return model.forward_training(
+            outputs.images, head_in, outputs.predictions, outputs.gt_instances
+        )
+
+
+@STUDENT_ADAPTER_REGISTRY.register()
+class GeneralizedRCNNAdapter(StudentAdapter):
+    """detectron2 ``GeneralizedRCNN`` (Faster / Mask R-CNN): the RPN and the RoI heads run in
+    ``task_losses``, on the features ``run`` computed."""
+
+    @staticmethod
+    def supports(model) -> bool:
+        return isinstance(model, GeneralizedRCNN)
+
+    def run(self, model, images: ImageList, gt_instances: Optional[List[Instances]] = None):
+        features, shapes = self._backbone(model, images)
+        return DetectorOutputs(
+            images=images,
+            features=features,
+            feature_shapes=shapes,
+            head_in_features=list(model.roi_heads.in_features),
+            predictions=None,
+            gt_instances=gt_instances,
+        )
+
+    def task_losses(
+        self, model, outputs: DetectorOutputs, assignment: Optional[Assignment] = None
+    ) -> Dict[str, Tensor]:
+        if outputs.gt_instances is None:
+            raise ValueError("Training needs 'instances' in every input dict.")
+        images, features, gt = outputs.images, outputs.features, outputs.gt_instances
+        proposals, proposal_losses = model.proposal_generator(images, features, gt)
+        _, detector_losses = model.roi_heads(images, features, proposals, gt)
+        return {**detector_losses, **proposal_losses}
+
+
+def build_adapter(model) -> StudentAdapter:
+    """The adapter of ``model``'s family; a clear error if there is none."""
+    classes = sorted(STUDENT_ADAPTER_REGISTRY._obj_map.values(), key=lambda c: -c.priority)
+    for cls in classes:
+        if cls.supports(model):
+            return cls()
+    raise TypeError(
+        f"No student adapter supports {type(model).__name__}. Supported families: "
+        f"{', '.join(c.__name__ for c in classes)}. Register one in STUDENT_ADAPTER_REGISTRY "
+        "(see lgdkd/modeling/meta_arch/adapters.py)."
+    )
+
+
+def num_classes_of(model) -> int:
+    """Foreground classes a detector predicts (-1 when it does not say)."""
+    if hasattr(model, "num_classes"):
+        return int(model.num_classes)
+    roi_heads = getattr(model, "roi_heads", None)
+    if roi_heads is not None and hasattr(roi_heads, "num_classes"):
+        return int(roi_heads.num_classes)
+    return -1

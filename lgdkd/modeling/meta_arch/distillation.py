@@ -1,0 +1,160 @@
+"""The one distillation meta-architecture: a stock student plus pluggable teacher, assigner and
+distillers, driven through a stateless student adapter."""
+
+import logging
+from typing import Dict, List, Optional
+
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils.events import get_event_storage
+
+from ..assigners.build import build_assigner
+from ..distillers.build import build_distillers
+from ..registry_utils import get_from_registry
+from ..schedule import DistillSchedule
+from ..teachers.build import build_teacher
+from .adapters import build_adapter, num_classes_of
+
+__all__ = ["DistillationDetector", "build_student"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_student(cfg) -> nn.Module:
+    """The student detector: MODEL.DISTILL.STUDENT_META_ARCHITECTURE built from ``cfg``."""
+    name = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    if name == "DistillationDetector":
+        raise ValueError("MODEL.DISTILL.STUDENT_META_ARCHITECTURE cannot be DistillationDetector.")
+    cls = get_from_registry(META_ARCH_REGISTRY, name, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE")
+    scfg = cfg.clone()
+    scfg.defrost()
+    scfg.MODEL.META_ARCHITECTURE = name
+    scfg.freeze()
+    return cls(scfg)
+
+
+@META_ARCH_REGISTRY.register()
+class DistillationDetector(nn.Module):
+    """Trains ``student`` with its own losses plus distillation losses; infers as ``student``.
+
+    One training iteration (``forward`` in training mode):
+
+    1. ``adapter.preprocess`` + ``adapter.run`` on the student -> student DetectorOutputs;
+    2. if the schedule's weight w > 0 at this iteration: ``teacher(batched_inputs, student)``
+       (frozen teachers run without gradient), then ``assigner(student, teacher)``;
+    3. ``adapter.task_losses``: the student's own detection losses;
+    4. each distiller's losses, multiplied by w (skipped, and logged as 0, when w = 0).
+
+    State-dict layout: ``student.*`` (exported alone by lgdkd.export), ``teacher.*``,
+    ``assigner.*``, ``distillers.<i>.*``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        teacher: Optional[nn.Module] = None,
+        assigner: Optional[nn.Module] = None,
+        distillers: List[nn.Module] = (),
+        schedule: DistillSchedule = DistillSchedule(),
+    ):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.assigner = assigner
+        self.distillers = nn.ModuleList(distillers)
+        self.schedule = schedule
+        self._adapter = build_adapter(student)
+
+    @classmethod
+    def from_config(cls, cfg):
+        student = build_student(cfg)
+        adapter = build_adapter(student)
+        student_shape = student.backbone.output_shape()
+        teacher = build_teacher(cfg, student, student_shape)
+        teacher_shape = teacher.output_shape() if teacher is not None else None
+        if teacher is not None:
+            s_cls, t_cls = num_classes_of(student), teacher.num_classes
+            if s_cls >= 0 and t_cls >= 0 and s_cls != t_cls:
+                raise ValueError(
+                    f"Teacher predicts {t_cls} classes (MODEL.DISTILL.TEACHER.CONFIG_FILE = "
+                    f"{cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE!r}) but the student "
+                    f"({cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE}) predicts {s_cls}: a "
+                    "teacher trained on another label set cannot teach this student."
+                )
+        distillers = build_distillers(cfg, student_shape, teacher_shape)
+        if teacher is not None and not distillers and cfg.MODEL.DISTILL.ASSIGNER.NAME == "":
+            raise ValueError(
+                "A teacher is configured (MODEL.DISTILL.TEACHER.NAME) but nothing uses it: set "
+                "MODEL.DISTILL.DISTILLERS or MODEL.DISTILL.ASSIGNER.NAME."
+            )
+        logger.info(
+            f"DistillationDetector: student {type(student).__name__} "
+            f"({type(adapter).__name__}), teacher "
+            f"{type(teacher).__name__ if teacher is not None else None}, distillers "
+            f"{list(cfg.MODEL.DISTILL.DISTILLERS)}"
+        )
+        return {
+            "student": student,
+            "teacher": teacher,
+            "assigner": build_assigner(cfg),
+            "distillers": distillers,
+            "schedule": DistillSchedule.from_config(cfg),
+        }
+
+    @property
+    def device(self):
+        return next(self.student.parameters()).device
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None and not getattr(self.teacher, "trainable", False):
+            self.teacher.train(False)
+        return self
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.student(batched_inputs)
+        iteration = get_event_storage().iter
+        weight = self.schedule.distill_weight(iteration)
+
+        images, gt_instances = self._adapter.preprocess(self.student, batched_inputs)
+        student_out = self._adapter.run(self.student, images, gt_instances)
+        teacher_out, assignment = None, None
+        if weight > 0:
+            if self.teacher is not None:
+                teacher_out = self.teacher(batched_inputs, student_out)
+            if self.assigner is not None:
+                assignment = self.assigner(student_out, teacher_out)
+
+        losses = dict(self._adapter.task_losses(self.student, student_out, assignment))
+        for distiller in self.distillers:
+            if weight > 0:
+                out = {
+                    k: v * weight
+                    for k, v in distiller(student_out, teacher_out, assignment).items()
+                }
+            else:  # logged as 0 so that every iteration has the same keys
+                out = {k: images.tensor.new_zeros(()) for k in distiller.loss_names}
+            for k in out:
+                if k in losses:
+                    raise KeyError(f"Two components return the loss {k!r}.")
+            losses.update(out)
+        return losses
+
+    def frozen_parameters(self, iteration: int) -> List[nn.Parameter]:
+        """Parameters that must get no update at ``iteration`` (the trainer drops their grads):
+        the student's bottom-up backbone while MODEL.DISTILL.SCHEDULE.FREEZE_BACKBONE_ITERS."""
+        if not self.schedule.backbone_frozen(iteration):
+            return []
+        backbone = self.student.backbone
+        return list(getattr(backbone, "bottom_up", backbone).parameters())
+
+    def teacher_for_evaluation(self) -> Optional[nn.Module]:
+        """The teacher as a detector for ``inference_on_dataset`` (None when it has none)."""
+        if self.teacher is None or not hasattr(self.teacher, "detector_for_evaluation"):
+            return None
+        return self.teacher.detector_for_evaluation()

@@ -1,0 +1,59 @@
+"""Small typed payloads exchanged between the roles of a distillation step.
+
+Shape shorthand (as in detectron2's rpn.py):
+    N: images in the batch         L: feature levels         C_l: channels of level l
+    H_l, W_l: size of level l      Hi, Wi: padded image size (ImageList.tensor)
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from torch import Tensor
+
+from detectron2.layers import ShapeSpec
+from detectron2.structures import ImageList, Instances
+
+__all__ = ["DetectorOutputs", "Assignment"]
+
+
+@dataclass
+class DetectorOutputs:
+    """What one detector computed on one batch, in the form teachers, assigners and
+    distillers read. Produced by a student adapter (``run``) or by a teacher.
+
+    Attributes:
+        images: the preprocessed batch; ``images.tensor`` is (N, 3, Hi, Wi) and
+            ``images.image_sizes[i]`` the valid (h, w) of image i.
+        features: every feature map the backbone returned, name -> (N, C_l, H_l, W_l)
+            (e.g. FPN levels "p2".."p7").
+        feature_shapes: name -> ShapeSpec(channels, stride) of each entry of ``features``.
+        head_in_features: the names the detection head consumes, in head order.
+        predictions: raw outputs of a dense head, as the head returned them: one list per
+            output kind, each with one (N, A*K_kind, H_l, W_l) tensor per head level
+            (RetinaNet: [logits, box deltas]; FCOS: [logits, box deltas, centerness]).
+            None for detectors without a dense head (Faster R-CNN).
+        gt_instances: the ground truth of each image on the detector's device (training only).
+        extras: family-specific values keyed by name (documented where they are produced).
+    """
+
+    images: ImageList
+    features: Dict[str, Tensor]
+    feature_shapes: Dict[str, ShapeSpec]
+    head_in_features: List[str]
+    predictions: Optional[List[List[Tensor]]] = None
+    gt_instances: Optional[List[Instances]] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Assignment:
+    """Result of an assigner: where to distill and, optionally, replacement targets.
+
+    Attributes:
+        region_masks: level name -> (N, 1, H_l, W_l) non-negative weights of the positions
+            where a distiller should take its loss (1 = full weight, 0 = ignored).
+        extras: assigner-specific values (documented by each assigner).
+    """
+
+    region_masks: Optional[Dict[str, Tensor]] = None
+    extras: Dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,2 @@
+from .build import TEACHER_REGISTRY, build_teacher  # noqa: F401
+from .pretrained import PretrainedTeacher  # noqa: F401

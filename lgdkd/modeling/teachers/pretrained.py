@@ -1,0 +1,98 @@
+"""A frozen, pretrained detector as teacher."""
+
+import logging
+
+import torch
+from torch import nn
+
+from detectron2.modeling import build_model
+
+from ...checkpoint import load_strict
+from ..meta_arch.adapters import build_adapter, num_classes_of
+from .build import TEACHER_REGISTRY
+
+__all__ = ["PretrainedTeacher", "build_teacher_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_teacher_config(cfg):
+    """The teacher's own config: MODEL.DISTILL.TEACHER.CONFIG_FILE + TEACHER.OPTS.
+
+    The teacher runs on the student's device. A teacher config that is itself a distillation
+    config (a teacher-assistant chain) describes its student: that student is the teacher.
+    Class counts follow the teacher's own training data, as they did when it was trained.
+    """
+    from ...config import get_cfg
+    from ...data import apply_num_classes, register_datasets_from_cfg
+
+    t = cfg.MODEL.DISTILL.TEACHER
+    if not t.CONFIG_FILE:
+        raise ValueError(
+            f"MODEL.DISTILL.TEACHER.NAME is {t.NAME!r} but MODEL.DISTILL.TEACHER.CONFIG_FILE is "
+            "empty: give the config file the teacher was trained with."
+        )
+    tcfg = get_cfg()
+    tcfg.merge_from_file(t.CONFIG_FILE)
+    tcfg.merge_from_list(list(t.OPTS))
+    tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    if tcfg.MODEL.META_ARCHITECTURE == "DistillationDetector":
+        tcfg.MODEL.META_ARCHITECTURE = tcfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    tcfg.MODEL.DISTILL.TEACHER.NAME = ""
+    tcfg.MODEL.DISTILL.DISTILLERS = []
+    register_datasets_from_cfg(tcfg)
+    apply_num_classes(tcfg)
+    tcfg.freeze()
+    return tcfg
+
+
+@TEACHER_REGISTRY.register()
+class PretrainedTeacher(nn.Module):
+    """A detector built from its own config and weights; frozen: eval mode, no gradient, out
+    of the optimizer (``requires_grad`` False), out of the exported student.
+
+    Attributes:
+        detector: the teacher detector (a stock detectron2/lgdkd model).
+    """
+
+    trainable = False
+
+    def __init__(self, cfg, student=None, student_shape=None):
+        super().__init__()
+        tcfg = build_teacher_config(cfg)
+        self.detector = build_model(tcfg)
+        weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
+        load_strict(
+            self.detector,
+            weights,
+            what="teacher weights (MODEL.DISTILL.TEACHER.WEIGHTS)",
+            strip_prefix="student.",
+        )
+        logger.info(f"Teacher {type(self.detector).__name__} loaded from {weights}")
+        self.detector.requires_grad_(False)
+        self.detector.eval()
+        self._adapter = build_adapter(self.detector)
+        self.num_classes = num_classes_of(self.detector)
+        self.config_file = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
+
+    def train(self, mode: bool = True):
+        """Stays in eval mode whatever the caller asks (BN statistics, dropout, proposals)."""
+        return super().train(False)
+
+    def output_shape(self):
+        return self.detector.backbone.output_shape()
+
+    def detector_for_evaluation(self):
+        return self.detector
+
+    @torch.no_grad()
+    def forward(self, batched_inputs, student):
+        images, gt = self._adapter.preprocess(self.detector, batched_inputs)
+        if student is not None and images.tensor.shape[-2:] != student.images.tensor.shape[-2:]:
+            raise ValueError(
+                f"Teacher input {tuple(images.tensor.shape[-2:])} and student input "
+                f"{tuple(student.images.tensor.shape[-2:])} differ after padding: the teacher's "
+                "backbone size_divisibility differs from the student's, so their feature maps "
+                "cannot be aligned."
+            )
+        return self._adapter.run(self.detector, images, gt)
