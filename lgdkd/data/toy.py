@@ -115,7 +115,7 @@ def register_builtin_toy(datasets_root):
         json_path = os.path.join(root, "annotations.json")
         image_root = os.path.join(root, "images")
 
-        def load(name=name, root=root, num_images=num_images, seed=seed):
+        def load(name=name, root=root, image_root=image_root, num_images=num_images, seed=seed):
             _generate_once(root, num_images=num_images, seed=seed)
             return load_coco_json(os.path.join(root, "annotations.json"), image_root, name)
 
