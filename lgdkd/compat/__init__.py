@@ -15,6 +15,7 @@ Pillow 10). :mod:`lgdkd.compat.hook` installs an import hook that
 The hook is installed by ``import lgdkd`` and, in the project's environment, by a ``.pth`` file
 written by tools/setup_env.sh, so that ``import detectron2.modeling`` works in any import order.
 """
+
 import importlib.util
 import sys
 

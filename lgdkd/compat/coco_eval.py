@@ -5,6 +5,7 @@ detectron2 v0.6 evaluates with ``fast_eval_api.COCOeval_opt``, whose ``evaluate`
 by faster-coco-eval's ``COCOeval_faster`` (a C++ port of the same algorithm, same results as
 pycocotools), or by pycocotools' ``COCOeval`` when faster-coco-eval is not installed.
 """
+
 import sys
 
 

@@ -9,6 +9,7 @@ Every function keeps the compiled extension's signature and in-place output conv
   pycocotools);
 * rotated-box ops raise a clear error (no project component uses them).
 """
+
 import torch
 from torchvision.ops import deform_conv2d
 
@@ -30,7 +31,13 @@ def has_cuda():
 def _tv(input, weight, offset, mask, bias, kh, kw, sh, sw, ph, pw, dh, dw):
     assert tuple(weight.shape[2:]) == (kh, kw), "kernel size disagrees with weight shape"
     return deform_conv2d(
-        input, offset, weight, bias, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw),
+        input,
+        offset,
+        weight,
+        bias,
+        stride=(sh, sw),
+        padding=(ph, pw),
+        dilation=(dh, dw),
         mask=mask,
     )
 
@@ -45,16 +52,47 @@ def _grads(inputs, fn, grad_output):
 
 
 def deform_conv_forward(
-    input, weight, offset, output, columns, ones, kW, kH, dW, dH, padW, padH, dilW, dilH,
-    group, deformable_group, im2col_step,
+    input,
+    weight,
+    offset,
+    output,
+    columns,
+    ones,
+    kW,
+    kH,
+    dW,
+    dH,
+    padW,
+    padH,
+    dilW,
+    dilH,
+    group,
+    deformable_group,
+    im2col_step,
 ):
     out = _tv(input, weight, offset, None, None, kH, kW, dH, dW, padH, padW, dilH, dilW)
     output.resize_as_(out).copy_(out)
 
 
 def deform_conv_backward_input(
-    input, offset, gradOutput, gradInput, gradOffset, weight, columns, kW, kH, dW, dH, padW,
-    padH, dilW, dilH, group, deformable_group, im2col_step,
+    input,
+    offset,
+    gradOutput,
+    gradInput,
+    gradOffset,
+    weight,
+    columns,
+    kW,
+    kH,
+    dW,
+    dH,
+    padW,
+    padH,
+    dilW,
+    dilH,
+    group,
+    deformable_group,
+    im2col_step,
 ):
     def fn(x, off):
         return _tv(x, weight, off, None, None, kH, kW, dH, dW, padH, padW, dilH, dilW)
@@ -65,35 +103,113 @@ def deform_conv_backward_input(
 
 
 def deform_conv_backward_filter(
-    input, offset, gradOutput, gradWeight, columns, ones, kW, kH, dW, dH, padW, padH, dilW,
-    dilH, group, deformable_group, scale, im2col_step,
+    input,
+    offset,
+    gradOutput,
+    gradWeight,
+    columns,
+    ones,
+    kW,
+    kH,
+    dW,
+    dH,
+    padW,
+    padH,
+    dilW,
+    dilH,
+    group,
+    deformable_group,
+    scale,
+    im2col_step,
 ):
+    # The compiled signature carries no weight: the output is linear in it, so its gradient
+    # does not depend on its value and any tensor of gradWeight's shape serves.
     def fn(w):
         return _tv(input, w, offset, None, None, kH, kW, dH, dW, padH, padW, dilH, dilW)
 
-    (gw,) = _grads([weight], fn, gradOutput)
+    (gw,) = _grads([torch.zeros_like(gradWeight)], fn, gradOutput)
     gradWeight.add_(gw, alpha=scale)
 
 
 def modulated_deform_conv_forward(
-    input, weight, bias, ones, offset, mask, output, columns, kernel_h, kernel_w, stride_h,
-    stride_w, pad_h, pad_w, dilation_h, dilation_w, group, deformable_group, with_bias,
+    input,
+    weight,
+    bias,
+    ones,
+    offset,
+    mask,
+    output,
+    columns,
+    kernel_h,
+    kernel_w,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dilation_h,
+    dilation_w,
+    group,
+    deformable_group,
+    with_bias,
 ):
     out = _tv(
-        input, weight, offset, mask, bias if with_bias else None, kernel_h, kernel_w, stride_h,
-        stride_w, pad_h, pad_w, dilation_h, dilation_w,
+        input,
+        weight,
+        offset,
+        mask,
+        bias if with_bias else None,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
     )
     output.resize_as_(out).copy_(out)
 
 
 def modulated_deform_conv_backward(
-    input, weight, bias, ones, offset, mask, columns, grad_input, grad_weight, grad_bias,
-    grad_offset, grad_mask, grad_output, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-    dilation_h, dilation_w, group, deformable_group, with_bias,
+    input,
+    weight,
+    bias,
+    ones,
+    offset,
+    mask,
+    columns,
+    grad_input,
+    grad_weight,
+    grad_bias,
+    grad_offset,
+    grad_mask,
+    grad_output,
+    kernel_h,
+    kernel_w,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dilation_h,
+    dilation_w,
+    group,
+    deformable_group,
+    with_bias,
 ):
     def fn(x, w, off, m, b):
         return _tv(
-            x, w, off, m, b, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+            x,
+            w,
+            off,
+            m,
+            b,
+            kernel_h,
+            kernel_w,
+            stride_h,
+            stride_w,
+            pad_h,
+            pad_w,
+            dilation_h,
             dilation_w,
         )
 
@@ -107,7 +223,8 @@ def _rotated_unavailable(*args, **kwargs):
     raise NotImplementedError(
         "Rotated-box ops (box_iou_rotated, nms_rotated, roi_align_rotated) need detectron2's "
         "compiled extension, which this installation does not have. lgdkd does not use them; "
-        "to use them, build detectron2 from source (https://github.com/facebookresearch/detectron2)."
+        "to use them, build detectron2 from source "
+        "(https://github.com/facebookresearch/detectron2)."
     )
 
 

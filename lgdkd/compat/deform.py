@@ -9,6 +9,7 @@ detectron2 v0.6 layout conventions (shared by torchvision's ``deform_conv2d``):
 
 Gradients come from torchvision's autograd kernels, on CPU and GPU alike.
 """
+
 import sys
 
 from torch.nn.modules.utils import _pair
@@ -37,26 +38,52 @@ def _check(input, offset, weight, groups, deformable_groups, mask=None):
 
 
 def deform_conv(
-    input, offset, weight, stride=1, padding=0, dilation=1, groups=1, deformable_groups=1,
+    input,
+    offset,
+    weight,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    deformable_groups=1,
     im2col_step=64,
 ):
     """Same signature and result as ``detectron2.layers.deform_conv.deform_conv``."""
     _check(input, offset, weight, groups, deformable_groups)
     return deform_conv2d(
-        input, offset, weight, None, stride=_pair(stride), padding=_pair(padding),
+        input,
+        offset,
+        weight,
+        None,
+        stride=_pair(stride),
+        padding=_pair(padding),
         dilation=_pair(dilation),
     )
 
 
 def modulated_deform_conv(
-    input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+    input,
+    offset,
+    mask,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
     deformable_groups=1,
 ):
     """Same signature and result as ``detectron2.layers.deform_conv.modulated_deform_conv``."""
     _check(input, offset, weight, groups, deformable_groups, mask)
     return deform_conv2d(
-        input, offset, weight, bias, stride=_pair(stride), padding=_pair(padding),
-        dilation=_pair(dilation), mask=mask,
+        input,
+        offset,
+        weight,
+        bias,
+        stride=_pair(stride),
+        padding=_pair(padding),
+        dilation=_pair(dilation),
+        mask=mask,
     )
 
 

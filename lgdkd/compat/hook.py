@@ -2,6 +2,7 @@
 
 Kept free of heavy imports: it may run at interpreter start (from a ``.pth`` file).
 """
+
 import importlib.abc
 import importlib.util
 import sys
@@ -10,7 +11,9 @@ FALLBACK_MODULE = "lgdkd.compat.d2_ops"
 # modules patched right after they execute, and the function that patches each
 _POST_EXEC_PATCHES = {
     "detectron2.layers.deform_conv": "lgdkd.compat.deform:patch_detectron2_deform_conv",
+    "detectron2.layers.nms": "lgdkd.compat.hook:rotated_nms_unavailable",
     "detectron2.evaluation.fast_eval_api": "lgdkd.compat.coco_eval:patch_fast_eval_api",
+    "detectron2.modeling.meta_arch.retinanet": "lgdkd.compat.hook:retinanet_norm_probe",
 }
 _PRE_EXEC_PATCHES = {
     "detectron2.data.transforms.transform": "lgdkd.compat.hook:pillow_linear_alias",
@@ -23,6 +26,42 @@ def pillow_linear_alias(module=None):
 
     if not hasattr(Image, "LINEAR"):
         Image.LINEAR = Image.BILINEAR
+
+
+def rotated_nms_unavailable(module):
+    """Make ``detectron2.layers.nms.nms_rotated`` raise the fallback's clear NotImplementedError.
+
+    v0.6 calls ``torch.ops.detectron2.nms_rotated``, an operator registered only by the compiled
+    extension; without it the call fails with an obscure AttributeError. Applied only when
+    ``detectron2._C`` is lgdkd's fallback (``batched_nms_rotated`` calls the patched name too).
+    """
+    ops = importlib.import_module("detectron2._C")
+    if getattr(ops, "LGDKD_FALLBACK", False):
+        module.nms_rotated = ops.nms_rotated
+
+
+def retinanet_norm_probe(module):
+    """Let v0.6's ``RetinaNetHead`` (hence ``FCOSHead``) be built with ``norm="GN"``.
+
+    It calls ``get_norm(norm, 1)`` only to read the type of the norm layer. Recent torch checks
+    ``num_channels % num_groups`` when a GroupNorm is built, so ``GroupNorm(32, 1)`` raises and
+    no GN head (FCOS's default) can be built, from yacs or LazyConfig. That probe, the module's
+    only 1-channel call, gets a 32-channel layer of the same type instead, as later detectron2
+    versions do. Independent of the compiled extension: applied only where torch raises.
+    """
+    from torch import nn
+
+    try:
+        nn.GroupNorm(32, 1)
+        return
+    except ValueError:
+        pass
+    get_norm = module.get_norm
+
+    def get_norm_32_channel_probe(norm, out_channels):
+        return get_norm(norm, 32 if out_channels == 1 else out_channels)
+
+    module.get_norm = get_norm_32_channel_probe
 
 
 def _call(target, module):
@@ -75,9 +114,7 @@ class _FallbackOpsLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         fallback = importlib.import_module(FALLBACK_MODULE)
-        module.__dict__.update(
-            {k: v for k, v in vars(fallback).items() if not k.startswith("__")}
-        )
+        module.__dict__.update({k: v for k, v in vars(fallback).items() if not k.startswith("__")})
         module.__doc__ = fallback.__doc__
 
 
@@ -87,7 +124,9 @@ class _FallbackOpsFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != "detectron2._C":
             return None
-        return importlib.util.spec_from_loader(fullname, _FallbackOpsLoader(), origin=FALLBACK_MODULE)
+        return importlib.util.spec_from_loader(
+            fullname, _FallbackOpsLoader(), origin=FALLBACK_MODULE
+        )
 
 
 def install():

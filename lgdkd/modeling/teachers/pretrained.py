@@ -73,6 +73,14 @@ class PretrainedTeacher(nn.Module):
         self.detector.eval()
         self._adapter = build_adapter(self.detector)
         self.num_classes = num_classes_of(self.detector)
+        # the data loader decodes images in the student's INPUT.FORMAT
+        s_fmt, t_fmt = cfg.INPUT.FORMAT, tcfg.INPUT.FORMAT
+        if s_fmt != t_fmt and {s_fmt, t_fmt} != {"RGB", "BGR"}:
+            raise ValueError(
+                f"The teacher expects INPUT.FORMAT {t_fmt!r} but the student's images are "
+                f"{s_fmt!r}; only RGB <-> BGR can be converted on the fly."
+            )
+        self._reverse_channels = s_fmt != t_fmt
         self.config_file = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
 
     def train(self, mode: bool = True):
@@ -87,6 +95,8 @@ class PretrainedTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, batched_inputs, student):
+        if self._reverse_channels:
+            batched_inputs = [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
         images, gt = self._adapter.preprocess(self.detector, batched_inputs)
         if student is not None and images.tensor.shape[-2:] != student.images.tensor.shape[-2:]:
             raise ValueError(
