@@ -1,0 +1,336 @@
+"""``Trainer``: detectron2's DefaultTrainer with what distillation and exact resume need.
+
+What differs from ``DefaultTrainer`` and why:
+
+* ``__init__``: DDP gets ``find_unused_parameters`` from MODEL.DISTILL.DDP_FIND_UNUSED_PARAMETERS
+  (schedules and frozen parts leave parameters without gradient in some iterations), CPU
+  models get no ``device_ids``, and the step is a :class:`StepTrainer` (seeded, finite-loss
+  check, frozen parameters).
+* ``resume_or_load``: the training loader is replaced by one that starts at the resumed
+  iteration (:class:`ResumableTrainLoader`), so N + resume N iterations equal 2N.
+* checkpoints also hold the optimizer state (momentum; detectron2 v0.6 drops it) and module
+  attributes outside state dicts (RetinaNet's ``loss_normalizer``, :class:`ModuleAttributes`).
+* ``build_optimizer``: a trainable teacher (parameters named ``teacher.*``) gets its own
+  param groups with lr x MODEL.DISTILL.TEACHER.LR_FACTOR.
+* ``build_evaluator`` / ``test``: COCO or VOC per TEST.EVALUATOR; the teacher is evaluated
+  too when MODEL.DISTILL.TEACHER.EVAL (results under ``teacher/<dataset>``).
+* ``build_hooks``: detectron2's hooks, writers every SOLVER.LOG_PERIOD iterations.
+"""
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.evaluation import (
+    COCOEvaluator,
+    PascalVOCDetectionEvaluator,
+    inference_on_dataset,
+    print_csv_format,
+)
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from fvcore.nn.precise_bn import get_bn_modules
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from .. import data as lgdkd_data
+from .train_loader import ResumableTrainLoader
+from .train_loop import StepTrainer
+
+__all__ = ["ModuleAttributes", "Trainer", "teacher_param_groups", "unwrap_model"]
+
+logger = logging.getLogger(__name__)
+
+_EVALUATOR_TYPES = {"coco": "coco", "pascal_voc": "voc", "voc": "voc"}
+
+
+def unwrap_model(model):
+    """The module inside a (Distributed)DataParallel wrapper, else ``model`` itself."""
+    if isinstance(model, (DistributedDataParallel, DataParallel)):
+        return model.module
+    return model
+
+
+def teacher_param_groups(model, param_groups, lr_factor):
+    """Split ``param_groups`` so that the trainable parameters named ``teacher.*`` sit in groups
+    of their own with ``lr * lr_factor`` (other hyper-parameters unchanged).
+
+    Args:
+        param_groups: optimizer param groups, each with an ``"lr"`` (e.g. from detectron2's
+            ``get_default_optimizer_params(model, base_lr=...)``).
+    Returns:
+        the student groups (without teacher parameters) followed by the teacher groups;
+        empty groups are dropped.
+    """
+    teacher = {id(p) for name, p in model.named_parameters() if name.startswith("teacher.")}
+    student_groups, teacher_groups = [], []
+    for group in param_groups:
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        own = [p for p in group["params"] if id(p) not in teacher]
+        theirs = [p for p in group["params"] if id(p) in teacher]
+        if own:
+            student_groups.append({**hyper, "params": own})
+        if theirs:
+            teacher_groups.append({**hyper, "lr": hyper["lr"] * lr_factor, "params": theirs})
+    return student_groups + teacher_groups
+
+
+class Trainer(DefaultTrainer):
+    """Trains any detectron2/lgdkd model, including ``DistillationDetector``.
+
+    Use as detectron2's: ``Trainer(cfg)``, ``resume_or_load(resume=...)``, ``train()``;
+    ``Trainer.test(cfg, model)`` to evaluate. ``cfg.SEED`` must be >= 0 for an exact resume
+    (``lgdkd.engine.setup`` fixes it); with SEED < 0 a seed is picked here and logged.
+
+    Optional methods of the (unwrapped) model that are used when present:
+    ``frozen_parameters(iteration) -> list of parameters`` (no update at that iteration) and
+    ``teacher_for_evaluation() -> Optional[nn.Module]``.
+    """
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ is not called: it wraps DDP without find_unused_parameters
+        # and builds a SimpleTrainer; the rest of it is reproduced in the same order.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = _with_fixed_seed(cfg)
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        ddp_kwargs = {}
+        if next(model.parameters()).device.type == "cpu":
+            ddp_kwargs["device_ids"] = None
+        wrapped = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.MODEL.DISTILL.DDP_FIND_UNUSED_PARAMETERS,
+            **ddp_kwargs,
+        )
+        self._trainer = StepTrainer(
+            wrapped,
+            data_loader,
+            optimizer,
+            seed=cfg.SEED,
+            frozen_parameters=getattr(model, "frozen_parameters", None),
+            amp=cfg.SOLVER.AMP.ENABLED,
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            trainer=weakref.proxy(self),
+            module_attributes=ModuleAttributes(model),
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """detectron2's resume_or_load, then a training loader that starts at ``start_iter``."""
+        super().resume_or_load(resume=resume)
+        loader = self.data_loader
+        if hasattr(loader, "start_at"):
+            self._trainer.reset_data_loader(loader.start_at(self.start_iter))
+        elif self.start_iter > 0:
+            logger.warning(
+                f"{type(loader).__name__} cannot start at iteration {self.start_iter}: the "
+                "resumed run sees other data than an uninterrupted one would."
+            )
+
+    def state_dict(self):
+        """Iteration, hook states (LR scheduler) and the step's state (optimizer momentum,
+        AMP scaler). detectron2 v0.6 leaves the last one out, so its resume restarts the
+        momentum from zero."""
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning(
+                "The checkpoint has no optimizer state (written by detectron2 v0.6's "
+                "DefaultTrainer?): the optimizer restarts from zero momentum."
+            )
+
+    def build_hooks(self):
+        """detectron2's default hooks (IterationTimer, LRScheduler, PreciseBN, periodic
+        checkpoints, evaluation, writers), with the writers run every SOLVER.LOG_PERIOD."""
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's loader: save memory and start-up time
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            ret.append(
+                hooks.PreciseBN(
+                    cfg.TEST.EVAL_PERIOD,
+                    self.model,
+                    self.build_train_loader(cfg),
+                    cfg.TEST.PRECISE_BN.NUM_ITER,
+                )
+            )
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.LOG_PERIOD))
+        return ret
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD (param groups, SOLVER.CLIP_GRADIENTS) plus the teacher's groups at
+        lr x MODEL.DISTILL.TEACHER.LR_FACTOR. Frozen parameters (requires_grad False) are
+        left out."""
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        params = teacher_param_groups(model, params, cfg.MODEL.DISTILL.TEACHER.LR_FACTOR)
+        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+            params,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """A :class:`ResumableTrainLoader` over lgdkd.data's training dicts and checked mapper,
+        starting at iteration 0 (``resume_or_load`` moves the start)."""
+        return ResumableTrainLoader(
+            cfg,
+            dataset=lgdkd_data.get_train_dataset_dicts(cfg),
+            mapper=lgdkd_data.CheckedDatasetMapper(cfg, True),
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return lgdkd_data.build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """COCOEvaluator or PascalVOCDetectionEvaluator per TEST.EVALUATOR ("auto": by the
+        data set's ``evaluator_type`` metadata). COCO results go to
+        ``output_folder`` (default OUTPUT_DIR/inference/<dataset>)."""
+        kind = cfg.TEST.EVALUATOR.lower()
+        if kind == "auto":
+            found = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+            kind = _EVALUATOR_TYPES.get(found)
+            if kind is None:
+                raise ValueError(
+                    f"TEST.EVALUATOR 'auto': data set {dataset_name!r} has evaluator_type "
+                    f"{found!r}; set TEST.EVALUATOR to 'coco' or 'voc'."
+                )
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if kind == "coco":
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        if kind == "voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        raise ValueError(f"TEST.EVALUATOR is {cfg.TEST.EVALUATOR!r}; expected auto, coco or voc.")
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation of ``model`` on DATASETS.TEST, then of its teacher when
+        MODEL.DISTILL.TEACHER.EVAL and the model has one (``teacher_for_evaluation()``).
+
+        Returns:
+            the student's results as detectron2 returns them, plus ``"teacher/<dataset>"``
+            entries for the teacher.
+        """
+        results = super().test(cfg, model, evaluators)
+        if not cfg.MODEL.DISTILL.TEACHER.EVAL:
+            return results
+        teacher_fn = getattr(unwrap_model(model), "teacher_for_evaluation", None)
+        teacher = teacher_fn() if teacher_fn is not None else None
+        if teacher is None:
+            logger.warning("MODEL.DISTILL.TEACHER.EVAL is set but the model has no teacher.")
+            return results
+        results = OrderedDict(results)
+        results.update(cls.test_teacher(cfg, teacher))
+        return results
+
+    @classmethod
+    def test_teacher(cls, cfg, teacher):
+        """Evaluate ``teacher`` on DATASETS.TEST with the student's test loaders.
+
+        Returns:
+            ``{"teacher/<dataset>": results}``; COCO files under OUTPUT_DIR/inference/teacher.
+        """
+        results = OrderedDict()
+        for dataset_name in cfg.DATASETS.TEST:
+            folder = os.path.join(cfg.OUTPUT_DIR, "inference", "teacher", dataset_name)
+            evaluator = cls.build_evaluator(cfg, dataset_name, output_folder=folder)
+            loader = cls.build_test_loader(cfg, dataset_name)
+            result = inference_on_dataset(teacher, loader, evaluator)
+            results[f"teacher/{dataset_name}"] = result
+            if comm.is_main_process():
+                logger.info(f"Evaluation results of the TEACHER on {dataset_name} in csv format:")
+                print_csv_format(result)
+        return results
+
+
+class ModuleAttributes:
+    """Checkpointable training state that modules keep in plain attributes.
+
+    detectron2's RetinaNet normalises its losses by an exponential moving average of the
+    number of foreground anchors, kept in the float ``loss_normalizer``, not in a buffer: the
+    model's state dict misses it and a resumed run would restart it from 100. This object
+    saves such attributes (``names``) of every sub-module beside the model.
+    """
+
+    def __init__(self, model, names=("loss_normalizer",)):
+        self._model = model
+        self._names = names
+
+    def state_dict(self):
+        return {
+            f"{prefix}:{name}": getattr(module, name)
+            for prefix, module in self._model.named_modules()
+            for name in self._names
+            if isinstance(getattr(module, name, None), (int, float))
+        }
+
+    def load_state_dict(self, state):
+        modules = dict(self._model.named_modules())
+        for key, value in state.items():
+            prefix, name = key.rsplit(":", 1)
+            if prefix in modules and name in self._names:
+                setattr(modules[prefix], name, value)
+
+
+def _with_fixed_seed(cfg):
+    """``cfg`` with SEED >= 0: a seed shared by all processes is picked for SEED < 0."""
+    if cfg.SEED >= 0:
+        return cfg
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.SEED = int(comm.shared_random_seed())
+    logger.warning(
+        f"SEED < 0: this run uses the seed {cfg.SEED}, which --resume cannot know. Start runs "
+        "through lgdkd.engine.setup, which saves the seed in config.yaml."
+    )
+    if frozen:
+        cfg.freeze()
+    return cfg
