@@ -273,9 +273,8 @@ def test_resume_is_exact(tiny_cfg, tmp_path, arch, workers):
     Compared with torch.equal: both runs execute the same float operations in the same
     order on the same data with the same random draws and thread count, so any difference
     (another flip, resize, image order, RPN/ROI sample, optimizer or loss-normaliser state)
-    shows up, however small. TorchScript's graph optimisation is off for the test: scripted
-    losses (detectron2's focal loss) give last-bit different results in their first,
-    profiling calls than in later optimised ones, and the resumed run starts with first calls.
+    shows up, however small. (Trainer.train turns TorchScript graph optimisation off for
+    this reason: see its docstring.)
     """
     n = 3
     cfg = tiny_cfg(arch)
@@ -286,13 +285,12 @@ def test_resume_is_exact(tiny_cfg, tmp_path, arch, workers):
     cfg.SOLVER.CHECKPOINT_PERIOD = n
     cfg.SOLVER.WARMUP_ITERS = 4  # the LR changes across the interruption
 
-    with torch.jit.optimized_execution(False):
-        cfg.OUTPUT_DIR = str(tmp_path / "straight")
-        _train(cfg)
-        cfg.OUTPUT_DIR = str(tmp_path / "resumed")
-        _train(cfg, interrupt_after=n)
-        assert not os.path.exists(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
-        trainer = _train(cfg, resume=True)
+    cfg.OUTPUT_DIR = str(tmp_path / "straight")
+    _train(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path / "resumed")
+    _train(cfg, interrupt_after=n)
+    assert not os.path.exists(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    trainer = _train(cfg, resume=True)
     assert trainer.start_iter == n
 
     straight = _weights(tmp_path / "straight" / "model_final.pth")

@@ -227,7 +227,7 @@ def register_coco_format(name, json_file, image_root):
     return name
 
 
-def register_datasets_from_cfg(cfg):
+def register_datasets_from_cfg(cfg, check=True):
     """Register the sets lgdkd provides and ``cfg.DATASETS.COCO_FORMAT``, then check the
     names of ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
 
@@ -235,6 +235,11 @@ def register_datasets_from_cfg(cfg):
     first load): ``deepforest_train`` / ``deepforest_val`` and the generated
     ``lgdkd_toy_train`` / ``lgdkd_toy_val`` of configs/quick_schedules. Idempotent: call it in
     every process before building models or loaders.
+
+    Args:
+        check: also check that the names of DATASETS.TRAIN / TEST are registered and their
+            files exist. False for configs that only describe a model (e.g. a teacher's,
+            whose training data need not be on this machine).
 
     Returns:
         list of the names registered (or confirmed) by this call.
@@ -253,8 +258,9 @@ def register_datasets_from_cfg(cfg):
                 f'["name", "annotations.json", "image_root"] (three non-empty strings).'
             )
         names.append(register_coco_format(*entry))
-    check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
-    check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    if check:
+        check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
     return names
 
 

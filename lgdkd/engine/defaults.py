@@ -182,6 +182,9 @@ def setup(args) -> CfgNode:
     if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
         notes.append("SOLVER.AMP.ENABLED needs CUDA: training in float32 on the CPU.")
         cfg.SOLVER.AMP.ENABLED = False
+    if torch.device(cfg.MODEL.DEVICE).type == "cpu" and torch.set_flush_denormal(True):
+        # denormal floats (e.g. in frozen pretrained layers) slow CPU convolutions manyfold
+        notes.append("CPU run: denormal floats are flushed to zero.")
     cfg.SEED, note = _resolve_seed(cfg, getattr(args, "resume", False))
     if note:
         notes.append(note)

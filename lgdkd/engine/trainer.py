@@ -134,6 +134,17 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def train(self):
+        """detectron2's training loop, with TorchScript graph optimisation off.
+
+        detectron2's scripted losses (e.g. ``sigmoid_focal_loss_jit``) give last-bit different
+        gradients in their first, profiling calls than once optimised; a resumed process
+        starts with first calls, so with optimisation on, N + resume N would drift from 2N
+        iterations by ~1e-5. The scripted functions still run, unfused.
+        """
+        with torch.jit.optimized_execution(False):
+            return super().train()
+
     def resume_or_load(self, resume=True):
         """detectron2's resume_or_load, then a training loader that starts at ``start_iter``."""
         super().resume_or_load(resume=resume)

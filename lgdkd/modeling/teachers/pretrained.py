@@ -40,7 +40,7 @@ def build_teacher_config(cfg):
         tcfg.MODEL.META_ARCHITECTURE = tcfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
     tcfg.MODEL.DISTILL.TEACHER.NAME = ""
     tcfg.MODEL.DISTILL.DISTILLERS = []
-    register_datasets_from_cfg(tcfg)
+    register_datasets_from_cfg(tcfg, check=False)
     apply_num_classes(tcfg)
     tcfg.freeze()
     return tcfg
