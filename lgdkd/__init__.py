@@ -4,6 +4,7 @@ Importing this package is cheap on purpose: it only makes sure that a pure-Pytho
 (without compiled ops) imports (see :mod:`lgdkd.compat`). Components register themselves in
 detectron2's and lgdkd's registries when :mod:`lgdkd.modeling` is imported.
 """
+
 from .compat import hook as _hook
 
 _hook.install()

@@ -9,9 +9,8 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-from torch import nn
-
 from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
 
 __all__ = ["read_checkpoint", "load_strict", "StrictLoadError"]
 
@@ -24,7 +23,8 @@ def read_checkpoint(path: str, what: str = "checkpoint") -> Dict[str, torch.Tens
     """The model state dict stored in ``path`` (.pth of detectron2/lgdkd, or detectron2 .pkl).
 
     Args:
-        what: how to call the file in errors (e.g. "teacher weights (MODEL.DISTILL.TEACHER.WEIGHTS)").
+        what: how to call the file in errors, e.g. "teacher weights
+            (MODEL.DISTILL.TEACHER.WEIGHTS)".
     """
     if not path:
         raise FileNotFoundError(f"No {what} given (empty path).")

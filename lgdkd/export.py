@@ -13,7 +13,6 @@ import os
 from typing import Dict, Tuple
 
 import torch
-
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY

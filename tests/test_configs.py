@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 

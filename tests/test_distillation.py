@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model

@@ -10,7 +10,12 @@ Pillow 10). :mod:`lgdkd.compat.hook` installs an import hook that
   COCOeval through faster-coco-eval's C++ core, and a clear error for rotated-box ops;
 * when that fallback is in use, routes ``detectron2.layers.deform_conv``'s autograd functions to
   torchvision on every device (v0.6 raises on CPU and ignores ``groups`` there);
-* defines ``PIL.Image.LINEAR`` as an alias of ``BILINEAR`` when Pillow lacks it.
+* when that fallback is in use, makes ``detectron2.layers.nms.nms_rotated`` raise the same clear
+  error as the other rotated-box ops (v0.6 calls a compiled operator directly);
+* defines ``PIL.Image.LINEAR`` as an alias of ``BILINEAR`` when Pillow lacks it, and lets
+  ``RetinaNetHead`` / ``FCOSHead`` be built with ``norm="GN"`` where torch rejects the
+  ``GroupNorm(32, 1)`` probe v0.6 builds (both depend on the Pillow / torch version, not on the
+  compiled extension, and act only where those versions would fail).
 
 The hook is installed by ``import lgdkd`` and, in the project's environment, by a ``.pth`` file
 written by tools/setup_env.sh, so that ``import detectron2.modeling`` works in any import order.

@@ -8,10 +8,9 @@ Shape shorthand (as in detectron2's rpn.py):
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from torch import Tensor
-
 from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
+from torch import Tensor
 
 __all__ = ["DetectorOutputs", "Assignment"]
 

@@ -2,7 +2,6 @@
 
 import torch
 import torch.distributed as dist
-
 from detectron2.utils import comm
 
 __all__ = ["mean_over_workers"]

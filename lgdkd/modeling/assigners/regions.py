@@ -6,9 +6,8 @@ Shape shorthand: N images, B = most boxes in one image of the batch, H x W one l
 from typing import Dict, List
 
 import torch
-from torch import Tensor, nn
-
 from detectron2.structures import Instances
+from torch import Tensor, nn
 
 from ..outputs import Assignment, DetectorOutputs
 from .build import ASSIGNER_REGISTRY

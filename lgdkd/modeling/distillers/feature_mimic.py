@@ -5,11 +5,9 @@ Shape shorthand: N images, C_s / C_t student / teacher channels, H x W one level
 
 from typing import Dict, Optional
 
-import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.layers import ShapeSpec
+from torch import nn
 
 from ...utils.dist import mean_over_workers
 from ..assigners.regions import gt_box_masks, valid_region_masks

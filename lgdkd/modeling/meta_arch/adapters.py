@@ -15,12 +15,11 @@ Register new ones in ``STUDENT_ADAPTER_REGISTRY``; :func:`build_adapter` picks t
 
 from typing import Dict, List, Optional
 
-from torch import Tensor
-
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.registry import Registry
+from torch import Tensor
 
 from ..outputs import Assignment, DetectorOutputs
 

@@ -4,11 +4,10 @@ distillers, driven through a stateless student adapter."""
 import logging
 from typing import Dict, List, Optional
 
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
+from torch import nn
 
 from ..assigners.build import build_assigner
 from ..distillers.build import build_distillers

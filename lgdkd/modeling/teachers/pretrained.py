@@ -3,9 +3,8 @@
 import logging
 
 import torch
-from torch import nn
-
 from detectron2.modeling import build_model
+from torch import nn
 
 from ...checkpoint import load_strict
 from ..meta_arch.adapters import build_adapter, num_classes_of
