@@ -182,8 +182,13 @@ def test_train_step_every_family(tmp_path, family):
     assert all(not p.requires_grad for p in model.teacher.parameters())
     data = toy_batch(cfg, start=0)  # image 0 has no box
     assert len(data[0]["instances"]) == 0 and len(data[1]["instances"]) > 0
+    teacher_calls = []
+    model.teacher.register_forward_hook(lambda m, i, out: teacher_calls.append(out))
     with EventStorage(0):
         losses = model(data)
+    # feature mimicking reads features only: the teacher's head does not run
+    assert len(teacher_calls) == 1 and teacher_calls[0].predictions is None
+    assert set(teacher_calls[0].features) >= {"p3", "p4", "p5"}
     assert "loss_distill_feature_mimic" in losses
     assert all(torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()

@@ -6,6 +6,8 @@ distillation, which targets the student trains on. It is called as::
     assigner(student: DetectorOutputs, teacher: Optional[DetectorOutputs]) -> Assignment
 
 with the ground truth in ``student.gt_instances``. It runs without gradient unless it says so.
+Class attribute ``needs_teacher_predictions`` (default True) says whether it reads the
+teacher's head outputs; when no component does, the teacher stops after its backbone.
 """
 
 from detectron2.utils.registry import Registry

@@ -69,6 +69,8 @@ class GTBoxAssigner(nn.Module):
     """Distill inside ground-truth boxes: ``region_masks`` from :func:`gt_box_masks` on every
     student feature level."""
 
+    needs_teacher_predictions = False
+
     def __init__(self, cfg=None):
         super().__init__()
 

@@ -14,7 +14,8 @@ A distiller class is built as ``cls(cfg, student_shape, teacher_shape)`` where t
 without a teacher); it must refuse, at build time, a teacher whose levels, strides or channels
 it cannot use, naming both sides. Class attributes: ``needs_teacher`` (whether it requires a
 teacher) and ``loss_names`` (the keys it returns, logged as 0 while the schedule has
-distillation off).
+distillation off); optionally ``needs_teacher_predictions`` (default True: the teacher runs
+its detection head; False lets it stop after its backbone).
 """
 
 from detectron2.utils.registry import Registry

@@ -55,6 +55,7 @@ class FeatureMimicDistiller(nn.Module):
 
     needs_teacher = True
     loss_names = ("loss_distill_feature_mimic",)
+    needs_teacher_predictions = False
 
     def __init__(self, cfg, student_shape: Dict[str, ShapeSpec], teacher_shape):
         super().__init__()

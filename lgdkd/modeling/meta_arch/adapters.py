@@ -5,7 +5,8 @@ An adapter exposes three steps of the detector's training forward, so that the t
 assigner and distillers can run between them:
 
 * ``preprocess(model, batched_inputs) -> (ImageList, Optional[List[Instances]])``
-* ``run(model, images, gt_instances) -> DetectorOutputs``: backbone (+ dense head)
+* ``run(model, images, gt_instances, with_head=True) -> DetectorOutputs``: backbone (+ dense
+  head unless ``with_head`` is False, e.g. for a teacher whose distillers read features only)
 * ``task_losses(model, outputs, assignment) -> Dict[str, Tensor]``: the detector's own losses
 
 Adapters hold no state and no parameters; one adapter serves every model of its family.
@@ -74,16 +75,23 @@ class DenseDetectorAdapter(StudentAdapter):
     def supports(model) -> bool:
         return isinstance(model, DenseDetector)
 
-    def run(self, model, images: ImageList, gt_instances: Optional[List[Instances]] = None):
+    def run(
+        self,
+        model,
+        images: ImageList,
+        gt_instances: Optional[List[Instances]] = None,
+        with_head: bool = True,
+    ):
         features, shapes = self._backbone(model, images)
-        head_in = [features[f] for f in model.head_in_features]
-        predictions = model.head(head_in)
+        predictions = None
+        if with_head:
+            predictions = list(model.head([features[f] for f in model.head_in_features]))
         return DetectorOutputs(
             images=images,
             features=features,
             feature_shapes=shapes,
             head_in_features=list(model.head_in_features),
-            predictions=list(predictions),
+            predictions=predictions,
             gt_instances=gt_instances,
         )
 
@@ -107,7 +115,13 @@ class GeneralizedRCNNAdapter(StudentAdapter):
     def supports(model) -> bool:
         return isinstance(model, GeneralizedRCNN)
 
-    def run(self, model, images: ImageList, gt_instances: Optional[List[Instances]] = None):
+    def run(
+        self,
+        model,
+        images: ImageList,
+        gt_instances: Optional[List[Instances]] = None,
+        with_head: bool = True,
+    ):
         features, shapes = self._backbone(model, images)
         return DetectorOutputs(
             images=images,

@@ -85,6 +85,16 @@ class DistillationDetector(nn.Module):
                     "teacher trained on another label set cannot teach this student."
                 )
         distillers = build_distillers(cfg, student_shape, teacher_shape)
+        assigner = build_assigner(cfg)
+        if teacher is not None and hasattr(teacher, "require_predictions"):
+            # an assigner may read the teacher's predictions (e.g. label assignment)
+            teacher.require_predictions(
+                any(
+                    getattr(c, "needs_teacher_predictions", True)
+                    for c in [assigner, *distillers]
+                    if c is not None
+                )
+            )
         if teacher is not None and not distillers and cfg.MODEL.DISTILL.ASSIGNER.NAME == "":
             raise ValueError(
                 "A teacher is configured (MODEL.DISTILL.TEACHER.NAME) but nothing uses it: set "
@@ -99,7 +109,7 @@ class DistillationDetector(nn.Module):
         return {
             "student": student,
             "teacher": teacher,
-            "assigner": build_assigner(cfg),
+            "assigner": assigner,
             "distillers": distillers,
             "schedule": DistillSchedule.from_config(cfg),
         }

@@ -15,6 +15,8 @@ Every teacher also provides:
 * ``num_classes: int``: classes it was trained on (-1 when it has no class notion);
 * ``trainable: bool``: whether its parameters are optimised (own param group, see
   MODEL.DISTILL.TEACHER.LR_FACTOR);
+* optionally ``require_predictions(needed: bool)``: called once the distillers and the
+  assigner are built; with False the teacher may skip its detection head;
 * ``detector_for_evaluation() -> Optional[nn.Module]``: a detector usable with
   ``inference_on_dataset`` (MODEL.DISTILL.TEACHER.EVAL), or None.
 """

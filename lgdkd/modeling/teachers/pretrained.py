@@ -80,6 +80,8 @@ class PretrainedTeacher(nn.Module):
                 f"{s_fmt!r}; only RGB <-> BGR can be converted on the fly."
             )
         self._reverse_channels = s_fmt != t_fmt
+        # set by the meta-architecture once the distillers are known (see require_predictions)
+        self._with_head = True
         self.config_file = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
 
     def train(self, mode: bool = True):
@@ -88,6 +90,10 @@ class PretrainedTeacher(nn.Module):
 
     def output_shape(self):
         return self.detector.backbone.output_shape()
+
+    def require_predictions(self, needed: bool):
+        """Whether the teacher must run its detection head (False: backbone + FPN only)."""
+        self._with_head = bool(needed)
 
     def detector_for_evaluation(self):
         return self.detector
@@ -104,4 +110,4 @@ class PretrainedTeacher(nn.Module):
                 "backbone size_divisibility differs from the student's, so their feature maps "
                 "cannot be aligned."
             )
-        return self._adapter.run(self.detector, images, gt)
+        return self._adapter.run(self.detector, images, gt, with_head=self._with_head)
