@@ -60,7 +60,9 @@ def run_step(index, name, config, out_dir, teacher_dir, quick):
     for line in proc.stdout:
         lines.append(line)
         if any(s in line for s in SHOWN):
-            print(f"[{name}] {line.rstrip()[-160:]}", flush=True)
+            text = line.rstrip()
+            start = text.find("eta:") if "eta:" in text else text.find("copypaste:")
+            print(f"[{name}] {text[start:] if start >= 0 else text}", flush=True)
     if proc.wait() != 0:
         tail = "".join(lines[-40:])
         raise SystemExit(f"[demo] step {name} failed (exit {proc.returncode}):\n{tail}")
