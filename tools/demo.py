@@ -3,8 +3,9 @@
 
     python tools/demo.py            # or `make demo`, which sets up the environment first
 
-1. trains the teacher: RetinaNet, EfficientNet-Lite2-FPN (configs/Demo/..._EffLite2_teacher.yaml);
-2. trains the student alone: RetinaNet, EfficientNet-Lite0-FPN (the baseline);
+1. trains the teacher: RetinaNet, EfficientNet-Lite0-FPN for 240 iterations
+   (configs/Demo/deepforest_retinanet_EffLite0_teacher.yaml);
+2. trains the student alone: the same detector for 120 iterations (the baseline);
 3. trains the same student, same schedule, with FitNet feature mimicking of the frozen teacher;
 4. prints AP / AP50 / AP75 of the three on the DeepForest val scenes and writes
    OUTPUT/predictions.png (ground truth and the two students' detections on val tiles) and
@@ -25,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 STEPS = [
-    ("teacher", "configs/Demo/deepforest_retinanet_EffLite2_teacher.yaml", "EffLite2-FPN", "-"),
+    ("teacher", "configs/Demo/deepforest_retinanet_EffLite0_teacher.yaml", "EffLite0-FPN", "-"),
     ("student", "configs/Demo/deepforest_retinanet_EffLite0.yaml", "EffLite0-FPN", "none"),
     (
         "student+FitNet",
@@ -169,7 +170,7 @@ def main(argv=None):
             f"{', '.join(st['scenes'])}; tree width min/median/max {st['width']} px"
         )
     print(
-        "[demo] three trainings follow; on 2 CPU cores the whole job takes about 17 minutes."
+        "[demo] three trainings follow; on 2 CPU cores the whole job takes about 20 minutes."
         if not args.quick
         else "[demo] --quick: 3 iterations per step, the numbers mean nothing."
     )
