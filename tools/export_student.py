@@ -17,7 +17,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import lgdkd.modeling  # noqa: E402,F401  (registers lgdkd components)
-from lgdkd.config import get_cfg  # noqa: E402
+from lgdkd.data import apply_num_classes, register_datasets_from_cfg  # noqa: E402
+from lgdkd.engine import load_config  # noqa: E402
 from lgdkd.export import export_student, is_stock_detectron2  # noqa: E402
 
 
@@ -28,9 +29,11 @@ def main(argv=None):
     p.add_argument("--output", required=True, help="folder for model_student.pth + config")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = p.parse_args(argv)
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    # as train_net.py resolves it: OUTPUT_DIR derived from the config path, class counts
+    # from the training data (a run's own config.yaml already holds both)
+    cfg = load_config(args)
+    register_datasets_from_cfg(cfg, check=False)
+    apply_num_classes(cfg)
     weights = args.weights or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     w, c = export_student(cfg, weights, args.output)
     from lgdkd.export import student_config
