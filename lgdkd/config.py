@@ -96,6 +96,50 @@ def _add_distill_config(cfg):
     F.LOSS_WEIGHT = 1.0
 
 
+    # LGD: label-guided self-distillation (Zhang et al., AAAI 2022; megvii-research/LGD).
+    # TEACHER.NAME "LabelGuidedTeacher" + DISTILLERS ["LGDDistiller"]. The official schedule
+    # maps onto MODEL.DISTILL.SCHEDULE: PRE_NONDISTILL_ITERS -> START_ITER (30000 in every
+    # released config), POST_NONDISTILL_ITERS P -> STOP_ITER = MAX_ITER - P + 1 (-1 when P = 0),
+    # PRE_FREEZE_STUDENT_BACKBONE_ITERS -> FREEZE_BACKBONE_ITERS (20000); teacher lr ->
+    # TEACHER.LR_FACTOR; EVAL_TEACHER -> TEACHER.EVAL (an oracle: it reads the ground truth).
+    G = D.LGD = CN()
+    # Inter-object relation adapter: "stuGuided" (official configs: query = appearance
+    # embedding, key = value = label embedding), "labelGuided" (the reverse), "student_fill"
+    # (no attention, appearance only) or "teacher_fill" (label embedding only).
+    G.INTERACT_PATTERN = "stuGuided"
+    # Heads of the attention (must divide the FPN width; official 8).
+    G.NUM_HEADS = 8
+    # Detach the student FPN maps before appearance pooling ("detachAppearanceEmbed"), so the
+    # teacher's detection loss does not reach the student's FPN and backbone. Official: True
+    # for Faster/Mask R-CNN, False for RetinaNet and FCOS.
+    G.DETACH_APPEARANCE = False
+    # Add a whole-image context box per image ("addCtxBox"; all-zero class code, its own
+    # projection added to every cell). Official: True for RetinaNet and FCOS R101 and up,
+    # False for FCOS R50 and R-CNN. Unlike the official code, images without boxes also get it.
+    G.ADD_CONTEXT_BOX = False
+    # Class code of the label descriptor: "one_hot" (NUM_CLASSES values) or "norm_classes"
+    # (label / NUM_CLASSES).
+    G.CATEGORY_FORMAT = "one_hot"
+    # Box coordinates in the descriptor are divided by: "image" (each image's own size; the
+    # encoding of a box does not depend on the rest of the batch) or "padded" (the padded batch
+    # size after clamping to it: the official behaviour, batch-dependent).
+    G.BOX_NORMALIZATION = "image"
+    # Mask R-CNN (official Swin-T config): pool appearance inside the instance masks and append
+    # a 7x7 mask crop to the descriptor. Needs MODEL.MASK_ON.
+    G.LOAD_LABELMAP = False
+    # Where painted objects overlap: "sum" their vectors (official) or take their "mean".
+    G.PAINT_OVERLAP = "sum"
+    # The teacher's loss call also updates the dense detector's EMA loss normaliser (official:
+    # True, it is updated twice per iteration). False keeps the student's losses identical to
+    # the plain detector's.
+    G.TEACHER_UPDATES_LOSS_NORMALIZER = False
+    # Weight of loss_distill_lgd (official LAMBDA: 1.0).
+    G.LOSS_WEIGHT = 1.0
+    # Cells averaged by the distillation MSE: "all" (official: every cell of every level,
+    # padding included) or "valid" (cells inside the images only).
+    G.LOSS_REGION = "all"
+
+
 def _add_fcos_config(cfg):
     # ---------------------------------------------------------------------------------------
     # FCOS from yacs (detectron2 v0.6 builds its FCOS from LazyConfig only).

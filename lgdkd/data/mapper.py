@@ -17,6 +17,7 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from .catalog import DatasetError
 
 __all__ = [
+    "AnnotatedTestMapper",
     "CheckedDatasetMapper",
     "ImageReadError",
     "ImageSizeMismatchError",
@@ -139,7 +140,21 @@ def build_train_loader(cfg):
     )
 
 
-def build_test_loader(cfg, dataset_name):
+class AnnotatedTestMapper(CheckedDatasetMapper):
+    """The test-time mapper (test resize, no random augmentation) that keeps the annotations,
+    transformed like the image, as ``"instances"``: for evaluating models that read the ground
+    truth (e.g. LGD's oracle teacher)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg, False)
+        # DatasetMapper reads is_train only to decide whether annotations are kept; the
+        # augmentations were already chosen for test time above.
+        self.is_train = True
+
+
+def build_test_loader(cfg, dataset_name, keep_annotations: bool = False):
     """detectron2's inference loader of one registered set, with :class:`CheckedDatasetMapper`
-    (``is_train=False``: test-time resize, annotations dropped, batch size 1)."""
-    return _d2_build_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
+    (``is_train=False``: test-time resize, annotations dropped, batch size 1), or with
+    :class:`AnnotatedTestMapper` when ``keep_annotations``."""
+    mapper = AnnotatedTestMapper(cfg) if keep_annotations else CheckedDatasetMapper(cfg, False)
+    return _d2_build_test_loader(cfg, dataset_name, mapper=mapper)

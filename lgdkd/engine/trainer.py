@@ -292,11 +292,19 @@ class Trainer(DefaultTrainer):
         for dataset_name in cfg.DATASETS.TEST:
             folder = os.path.join(cfg.OUTPUT_DIR, "inference", "teacher", dataset_name)
             evaluator = cls.build_evaluator(cfg, dataset_name, output_folder=folder)
-            loader = cls.build_test_loader(cfg, dataset_name)
+            if getattr(teacher, "needs_annotations", False):
+                loader = lgdkd_data.build_test_loader(cfg, dataset_name, keep_annotations=True)
+            else:
+                loader = cls.build_test_loader(cfg, dataset_name)
             result = inference_on_dataset(teacher, loader, evaluator)
             results[f"teacher/{dataset_name}"] = result
             if comm.is_main_process():
-                logger.info(f"Evaluation results of the TEACHER on {dataset_name} in csv format:")
+                note = getattr(teacher, "evaluation_note", "")
+                logger.info(
+                    f"Evaluation results of the TEACHER on {dataset_name} in csv format"
+                    + (f" ({note})" if note else "")
+                    + ":"
+                )
                 print_csv_format(result)
         return results
 

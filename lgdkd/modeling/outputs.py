@@ -5,7 +5,7 @@ Shape shorthand (as in detectron2's rpn.py):
     H_l, W_l: size of level l      Hi, Wi: padded image size (ImageList.tensor)
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
 from detectron2.layers import ShapeSpec
@@ -42,6 +42,10 @@ class DetectorOutputs:
     predictions: Optional[List[List[Tensor]]] = None
     gt_instances: Optional[List[Instances]] = None
     extras: Dict[str, Any] = field(default_factory=dict)
+
+    def with_detached_features(self) -> "DetectorOutputs":
+        """A copy whose ``features`` are detached (nothing else is copied)."""
+        return replace(self, features={k: v.detach() for k, v in self.features.items()})
 
 
 @dataclass

@@ -1,2 +1,3 @@
 from .build import DISTILLER_REGISTRY, build_distillers  # noqa: F401
 from .feature_mimic import FeatureMimicDistiller  # noqa: F401
+from .lgd import LGDDistiller  # noqa: F401

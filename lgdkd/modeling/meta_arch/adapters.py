@@ -8,12 +8,16 @@ assigner and distillers can run between them:
 * ``run(model, images, gt_instances, with_head=True) -> DetectorOutputs``: backbone (+ dense
   head unless ``with_head`` is False, e.g. for a teacher whose distillers read features only)
 * ``task_losses(model, outputs, assignment) -> Dict[str, Tensor]``: the detector's own losses
+* ``losses_on_features(model, outputs, features) -> Dict[str, Tensor]``: the same detector's
+  losses with its head run on other feature maps of the same shapes (e.g. LGD's teacher maps),
+  reusing the targets ``task_losses`` assigned to ``outputs`` where the family allows it
 
 Adapters hold no state and no parameters; one adapter serves every model of its family.
 Register new ones in ``STUDENT_ADAPTER_REGISTRY``; :func:`build_adapter` picks the first whose
 ``supports(model)`` is true, most specific first (``priority``).
 """
 
+import contextlib
 from typing import Dict, List, Optional
 
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -98,12 +102,53 @@ class DenseDetectorAdapter(StudentAdapter):
     def task_losses(
         self, model, outputs: DetectorOutputs, assignment: Optional[Assignment] = None
     ) -> Dict[str, Tensor]:
+        """``model.forward_training``; the targets its ``label_anchors`` assigned are kept in
+        ``outputs.extras["label_anchors"]``."""
         if outputs.gt_instances is None:
             raise ValueError("Training needs 'instances' in every input dict.")
         head_in = [outputs.features[f] for f in outputs.head_in_features]
-        return model.forward_training(
-            outputs.images, head_in, outputs.predictions, outputs.gt_instances
-        )
+        with _recorded_label_anchors(model, outputs.extras):
+            return model.forward_training(
+                outputs.images, head_in, outputs.predictions, outputs.gt_instances
+            )
+
+    def losses_on_features(
+        self, model, outputs: DetectorOutputs, features: Dict[str, Tensor]
+    ) -> Dict[str, Tensor]:
+        """The head on ``features`` (same levels and shapes as ``outputs.features``) and the
+        detector's loss with the anchor targets of ``outputs`` (recorded by ``task_losses``;
+        assigned afresh if it has not run)."""
+        head_in = [features[f] for f in outputs.head_in_features]
+        for f, x in zip(outputs.head_in_features, head_in):
+            if x.shape != outputs.features[f].shape:
+                raise ValueError(
+                    f"losses_on_features: feature {f!r} has shape {tuple(x.shape)}, the "
+                    f"student's {tuple(outputs.features[f].shape)}."
+                )
+        predictions = list(model.head(head_in))
+        with _recorded_label_anchors(model, outputs.extras):
+            return model.forward_training(
+                outputs.images, head_in, predictions, outputs.gt_instances
+            )
+
+
+@contextlib.contextmanager
+def _recorded_label_anchors(model, store: dict):
+    """Within the block, ``model.label_anchors`` returns ``store["label_anchors"]`` when
+    present, else computes the targets and records them there. DenseDetector subclasses assign
+    targets through ``label_anchors(anchors, gt_instances)`` in ``forward_training``."""
+    original = model.label_anchors
+
+    def label_anchors(anchors, gt_instances):
+        if "label_anchors" not in store:
+            store["label_anchors"] = original(anchors, gt_instances)
+        return store["label_anchors"]
+
+    model.label_anchors = label_anchors
+    try:
+        yield
+    finally:
+        del model.label_anchors
 
 
 @STUDENT_ADAPTER_REGISTRY.register()
@@ -141,6 +186,26 @@ class GeneralizedRCNNAdapter(StudentAdapter):
         proposals, proposal_losses = model.proposal_generator(images, features, gt)
         _, detector_losses = model.roi_heads(images, features, proposals, gt)
         return {**detector_losses, **proposal_losses}
+
+    def losses_on_features(
+        self, model, outputs: DetectorOutputs, features: Dict[str, Tensor]
+    ) -> Dict[str, Tensor]:
+        """RPN and RoI heads on ``features`` with the ground truth of ``outputs``: their own
+        proposals and their own RoI sampling, as LGD trains its teacher for R-CNN."""
+        for f, x in outputs.features.items():
+            if f not in features or features[f].shape != x.shape:
+                raise ValueError(
+                    f"losses_on_features: feature {f!r} missing or of another shape than the "
+                    f"student's {tuple(x.shape)}."
+                )
+        other = DetectorOutputs(
+            images=outputs.images,
+            features=features,
+            feature_shapes=outputs.feature_shapes,
+            head_in_features=outputs.head_in_features,
+            gt_instances=outputs.gt_instances,
+        )
+        return self.task_losses(model, other)
 
 
 def build_adapter(model) -> StudentAdapter:

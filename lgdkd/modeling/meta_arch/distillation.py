@@ -41,10 +41,16 @@ class DistillationDetector(nn.Module):
     One training iteration (``forward`` in training mode):
 
     1. ``adapter.preprocess`` + ``adapter.run`` on the student -> student DetectorOutputs;
-    2. if the schedule's weight w > 0 at this iteration: ``teacher(batched_inputs, student)``
-       (frozen teachers run without gradient), then ``assigner(student, teacher)``;
+    2. if the schedule's weight w > 0 at this iteration, or the teacher is ``trainable``:
+       ``teacher(batched_inputs, student)`` (frozen teachers run without gradient); if w > 0,
+       ``assigner(student, teacher)``;
     3. ``adapter.task_losses``: the student's own detection losses;
-    4. each distiller's losses, multiplied by w (skipped, and logged as 0, when w = 0).
+    4. a trainable teacher's own losses, ``teacher.losses(student_model, adapter, student,
+       teacher)``, every iteration (they train the teacher, not the student's distillation);
+    5. each distiller's losses, multiplied by w. When w = 0 a distiller with
+       ``trains_when_off`` runs on detached student features at full weight (only its own
+       parameters learn, as LGD's adapter does in its off phases); any other is skipped and
+       its losses are logged as 0.
 
     State-dict layout: ``student.*`` (exported alone by lgdkd.export), ``teacher.*``,
     ``assigner.*``, ``distillers.<i>.*``.
@@ -133,25 +139,36 @@ class DistillationDetector(nn.Module):
         images, gt_instances = self._adapter.preprocess(self.student, batched_inputs)
         student_out = self._adapter.run(self.student, images, gt_instances)
         teacher_out, assignment = None, None
-        if weight > 0:
-            if self.teacher is not None:
-                teacher_out = self.teacher(batched_inputs, student_out)
-            if self.assigner is not None:
-                assignment = self.assigner(student_out, teacher_out)
+        trainable_teacher = self.teacher is not None and getattr(self.teacher, "trainable", False)
+        if self.teacher is not None and (weight > 0 or trainable_teacher):
+            teacher_out = self.teacher(batched_inputs, student_out)
+        if weight > 0 and self.assigner is not None:
+            assignment = self.assigner(student_out, teacher_out)
 
         losses = dict(self._adapter.task_losses(self.student, student_out, assignment))
+
+        def add(out):
+            for k in out:
+                if k in losses:
+                    raise KeyError(f"Two components return the loss {k!r}.")
+            losses.update(out)
+
+        if trainable_teacher and hasattr(self.teacher, "losses"):
+            add(self.teacher.losses(self.student, self._adapter, student_out, teacher_out))
+        detached = None
         for distiller in self.distillers:
             if weight > 0:
                 out = {
                     k: v * weight
                     for k, v in distiller(student_out, teacher_out, assignment).items()
                 }
+            elif getattr(distiller, "trains_when_off", False) and teacher_out is not None:
+                if detached is None:
+                    detached = student_out.with_detached_features()
+                out = distiller(detached, teacher_out, assignment)
             else:  # logged as 0 so that every iteration has the same keys
                 out = {k: images.tensor.new_zeros(()) for k in distiller.loss_names}
-            for k in out:
-                if k in losses:
-                    raise KeyError(f"Two components return the loss {k!r}.")
-            losses.update(out)
+            add(out)
         return losses
 
     def frozen_parameters(self, iteration: int) -> List[nn.Parameter]:
@@ -166,4 +183,4 @@ class DistillationDetector(nn.Module):
         """The teacher as a detector for ``inference_on_dataset`` (None when it has none)."""
         if self.teacher is None or not hasattr(self.teacher, "detector_for_evaluation"):
             return None
-        return self.teacher.detector_for_evaluation()
+        return self.teacher.detector_for_evaluation(student=self.student)

@@ -1,2 +1,3 @@
 from .build import TEACHER_REGISTRY, build_teacher  # noqa: F401
+from .label_guided import LabelGuidedTeacher  # noqa: F401
 from .pretrained import PretrainedTeacher  # noqa: F401

@@ -17,8 +17,12 @@ Every teacher also provides:
   MODEL.DISTILL.TEACHER.LR_FACTOR);
 * optionally ``require_predictions(needed: bool)``: called once the distillers and the
   assigner are built; with False the teacher may skip its detection head;
-* ``detector_for_evaluation() -> Optional[nn.Module]``: a detector usable with
-  ``inference_on_dataset`` (MODEL.DISTILL.TEACHER.EVAL), or None.
+* ``detector_for_evaluation(student=None) -> Optional[nn.Module]``: a detector usable with
+  ``inference_on_dataset`` (MODEL.DISTILL.TEACHER.EVAL), or None. If it has
+  ``needs_annotations = True`` its test loader keeps the ground truth, and its
+  ``evaluation_note`` is printed with its results;
+* optionally, for a trainable teacher, ``losses(student_model, adapter, student, teacher) ->
+  Dict[str, Tensor]``: its own training losses, added every iteration.
 """
 
 from detectron2.utils.registry import Registry

@@ -95,7 +95,7 @@ class PretrainedTeacher(nn.Module):
         """Whether the teacher must run its detection head (False: backbone + FPN only)."""
         self._with_head = bool(needed)
 
-    def detector_for_evaluation(self):
+    def detector_for_evaluation(self, student=None):
         return self.detector
 
     @torch.no_grad()
