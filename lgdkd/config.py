@@ -95,7 +95,6 @@ def _add_distill_config(cfg):
     F.NORM = "none"
     F.LOSS_WEIGHT = 1.0
 
-
     # LGD: label-guided self-distillation (Zhang et al., AAAI 2022; megvii-research/LGD).
     # TEACHER.NAME "LabelGuidedTeacher" + DISTILLERS ["LGDDistiller"]. The official schedule
     # maps onto MODEL.DISTILL.SCHEDULE: PRE_NONDISTILL_ITERS -> START_ITER (30000 in every

@@ -28,10 +28,10 @@ from .deepforest import (
     register_deepforest,
 )
 from .mapper import (
+    AnnotatedTestMapper,
     CheckedDatasetMapper,
     ImageReadError,
     ImageSizeMismatchError,
-    AnnotatedTestMapper,
     build_test_loader,
     build_train_loader,
     get_train_dataset_dicts,

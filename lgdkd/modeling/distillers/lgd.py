@@ -74,7 +74,9 @@ class LGDDistiller(nn.Module):
                     f"student but {teacher_shape[k].stride} in the teacher."
                 )
         if c.LOSS_REGION not in ("all", "valid"):
-            raise ValueError(f"MODEL.DISTILL.LGD.LOSS_REGION = {c.LOSS_REGION!r}; valid: all, valid")
+            raise ValueError(
+                f"MODEL.DISTILL.LGD.LOSS_REGION = {c.LOSS_REGION!r}; valid: all, valid"
+            )
         C = widths.pop()
         self.levels = levels
         self.strides = {k: student_shape[k].stride for k in levels}
