@@ -79,7 +79,7 @@ def student_outputs(model, batch):
 
 
 def synthetic_outputs(feats, boxes_per_image, classes_per_image, image_sizes):
-    n, _, hi, wi = 1, 3, *[s * 8 for s in next(iter(feats.values())).shape[-2:]]
+    hi, wi = [s * 8 for s in next(iter(feats.values())).shape[-2:]]
     gt = []
     for b, c, size in zip(boxes_per_image, classes_per_image, image_sizes):
         inst = Instances(size)
@@ -106,7 +106,7 @@ def reference_teacher(teacher, student: DetectorOutputs):
     images = student.images
     Hi, Wi = images.tensor.shape[-2:]
     C = teacher.channels
-    descs, boxes, ctx_flags = [], [], []
+    descs, boxes = [], []
     for inst, (h, w) in zip(student.gt_instances, images.image_sizes):
         b = inst.gt_boxes.tensor.clone()
         k = teacher.num_classes
