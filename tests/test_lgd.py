@@ -419,26 +419,40 @@ def test_mask_rcnn_student_with_label_maps():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_train_evaluate_oracle_teacher_and_export(tmp_path):
-    out = tmp_path / "run"
+def _train(out, *opts):
     cmd = [
         sys.executable,
         os.path.join(ROOT, "train_net.py"),
         "--config-file",
         os.path.join(ROOT, "configs", "quick_schedules", "lgd_retinanet_R18_toy.yaml"),
+        *opts,
         "OUTPUT_DIR",
         str(out),
-        "TEST.EVAL_PERIOD",
-        "4",
-        "MODEL.RETINANET.SCORE_THRESH_TEST",
-        "0.0",
     ]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
+    return log
+
+
+def test_train_resume_evaluate_oracle_teacher_and_export(tmp_path):
+    out = tmp_path / "run"
+    log = _train(out, "TEST.EVAL_PERIOD", "4", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
     assert "Evaluation results of the TEACHER" in log and "GROUND-TRUTH" in log
     assert "loss_distill_lgd" in log and "loss_cls_teacher" in log
+
+    # 3 iterations (backbone frozen at 0, distillation on from 2), then --resume to 4: the
+    # student, the trainable teacher and the adapter end bit-identical to the straight run
+    resumed = tmp_path / "resumed"
+    _train(resumed, "SOLVER.MAX_ITER", "3")
+    log = _train(resumed, "--resume")
+    assert "Starting training from iteration 3" in log
+    a = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    b = torch.load(resumed / "model_final.pth", weights_only=False)["model"]
+    assert any(k.startswith("teacher.") for k in a) and any(k.startswith("distillers.") for k in a)
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, differing[:5]
 
     cfg = get_cfg()
     cfg.merge_from_file(str(out / "config.yaml"))
@@ -450,8 +464,6 @@ def test_train_evaluate_oracle_teacher_and_export(tmp_path):
         "sd = torch.load(sys.argv[2], weights_only=False)['model']; "
         "m.load_state_dict(sd, strict=True); print(type(m).__name__, len(sd))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", check, c, w], env=env, capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-c", check, c, w], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("RetinaNet")
