@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
@@ -20,6 +19,7 @@ from lgdkd.data.toy import register_builtin_toy
 from lgdkd.export import export_student
 from lgdkd.modeling import DetectorOutputs
 from lgdkd.modeling.teachers.label_guided import box_cell_masks, label_descriptors
+from lgdkd.modeling.teachers.lgd_reference import reference_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {
@@ -99,79 +99,6 @@ def synthetic_outputs(feats, boxes_per_image, classes_per_image, image_sizes):
 # ---------------------------------------------------------------------------------------------
 # the teacher against a per-image reference of the official computation
 # ---------------------------------------------------------------------------------------------
-def reference_teacher(teacher, student: DetectorOutputs):
-    """The official structure: all boxes of the batch as one sequence (T rows, context box
-    last in each image), per-image Python loops for pooling and painting, a (T, T) block
-    attention mask. Uses ``teacher``'s modules and the official mask formula."""
-    images = student.images
-    Hi, Wi = images.tensor.shape[-2:]
-    C = teacher.channels
-    descs, boxes = [], []
-    for inst, (h, w) in zip(student.gt_instances, images.image_sizes):
-        b = inst.gt_boxes.tensor.clone()
-        k = teacher.num_classes
-        code = F.one_hot(inst.gt_classes, k).float()
-        if teacher.context_box:
-            b = torch.cat([b, torch.tensor([[0.0, 0.0, float(w), float(h)]])])
-            code = torch.cat([code, torch.zeros(1, k)])
-        b[:, 0::2] = b[:, 0::2].clamp(0, w)
-        b[:, 1::2] = b[:, 1::2].clamp(0, h)
-        norm = b / torch.tensor([w, h, w, h], dtype=torch.float32)
-        descs.append(torch.cat([norm, code], 1) * 2 - 1)
-        if teacher.context_box:
-            b[-1] = torch.tensor([0.0, 0.0, Wi - 1.0, Hi - 1.0])
-        boxes.append(b)
-    counts = [len(d) for d in descs]
-    desc = torch.cat(descs)
-    enc = teacher.label_encoder
-    x = (desc.unsqueeze(1) @ enc.stn_desc(desc)).squeeze(1)
-    x = enc.conv1(x)
-    local = (x.unsqueeze(1) @ enc.stn_feat(x)).squeeze(1)
-    g = enc.conv2(local)
-    glob = torch.cat([g_i.max(0, keepdim=True)[0].expand(len(g_i), -1) for g_i in g.split(counts)])
-    lab = enc.fuse(torch.cat([local, glob], 1))
-    lab = F.relu(F.layer_norm(teacher.canoni_proj_1D(lab), (C,)))
-    owner = torch.cat([torch.full((n,), i) for i, n in enumerate(counts)])
-    block = owner[:, None] != owner[None, :]
-    out = {}
-    for key, f in student.features.items():
-        H, W = f.shape[-2:]
-        s = F.relu(F.group_norm(teacher.student_proj_2D(f), 1))
-        masks, pooled = [], []
-        for i, b in enumerate(boxes):
-            sb = b * torch.tensor([W / Wi, H / Hi, W / Wi, H / Hi])
-            cy, cx = (sb[:, 1] + sb[:, 3]) / 2, (sb[:, 0] + sb[:, 2]) / 2
-            hh, ww = sb[:, 3] - sb[:, 1], sb[:, 2] - sb[:, 0]
-            ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-            m = (((ys - cy[:, None, None]).abs() / hh[:, None, None]) <= 0.5) & (
-                ((xs - cx[:, None, None]).abs() / ww[:, None, None]) <= 0.5
-            )
-            m = m.flatten(1).float()
-            masks.append(m)
-            p = m @ s[i].flatten(1).T
-            pooled.append(p / m.sum(1, keepdim=True).clamp(min=1))
-        q = torch.cat(pooled)
-        att, _ = teacher.attention(q[None], lab[None], lab[None], attn_mask=block)
-        rows = att[0].split(counts)
-        maps = []
-        for i, (r, m) in enumerate(zip(rows, masks)):
-            if teacher.context_box:
-                obj, mo = teacher.local_inst_proj_1D(r[:-1]), m[:-1]
-            else:
-                obj, mo = teacher.local_inst_proj_1D(r), m
-            maps.append((obj.T @ mo).reshape(C, H, W))
-        y = teacher.local_inst_proj_2D(torch.stack(maps))
-        if teacher.context_box:
-            ctx = torch.stack([r[-1] for r in rows])
-            y = y + teacher.global_ctx_proj_1D(ctx)[:, :, None, None]
-        y = F.relu(y)
-        for j, conv in enumerate(teacher.refinement):
-            y = F.group_norm(conv(y), 1)
-            y = F.relu(y) if j < 2 else y
-        out[key] = y
-    return out
-
-
 @pytest.mark.parametrize("context", [False, True])
 def test_teacher_equals_per_image_reference(context):
     torch.manual_seed(0)

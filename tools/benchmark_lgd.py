@@ -6,6 +6,10 @@ larger pretrained teacher), measured side by side in one process on one fixed ba
     python tools/benchmark_lgd.py --with-teacher-baseline            # + FitNet (EffLite2 teacher)
     python tools/benchmark_lgd.py --device cuda
 
+A second table times LGD's teacher alone (forward + backward of its maps, student features
+fixed): lgdkd's vectorised teacher next to a per-image re-statement of the official code's
+structure (lgdkd.modeling.teachers.lgd_reference) with the same weights.
+
 One "iteration" = forward, backward and SGD step of the whole training model (student,
 LGD teacher and adapter). The models take turns for ``--rounds`` rounds of ``--iters``
 iterations each, so that machine noise hits them alike; the table reports the median
@@ -120,6 +124,44 @@ def step(model, optimizer, batch, iteration, device):
         torch.cuda.synchronize()
 
 
+def teacher_table(model, batch, args):
+    """Median s per forward + backward of the vectorised teacher and of the reference."""
+    from lgdkd.modeling.teachers.lgd_reference import reference_teacher
+
+    adapter = model._adapter
+    with torch.no_grad():
+        images, gt = adapter.preprocess(model.student, batch)
+        student = adapter.run(model.student, images, gt, with_head=False)
+    student.features = {k: v.detach().requires_grad_() for k, v in student.features.items()}
+
+    def vectorised():
+        return model.teacher(batch, student).features
+
+    def reference():
+        return reference_teacher(model.teacher, student)
+
+    fns = {"vectorised (lgdkd)": vectorised, "per-image loops (official structure)": reference}
+    times = {k: [] for k in fns}
+    for r in range(args.rounds + 1):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(args.iters):
+                maps = fn()
+                sum(m.square().mean() for m in maps.values()).backward()
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+            if r > 0:  # round 0 warms up
+                times[name].append((time.perf_counter() - t0) / args.iters)
+    base = statistics.median(times["per-image loops (official structure)"])
+    n_boxes = sum(len(x["instances"]) for x in batch)
+    print(f"\nLGD teacher alone ({n_boxes} boxes in the batch), forward + backward:\n")
+    print("| teacher | s | x per-image loops |")
+    print("|---|---|---|")
+    for name in fns:
+        t = statistics.median(times[name])
+        print(f"| {name} | {t:.4f} | {t / base:.2f} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--family", choices=list(CONFIGS), default="retinanet")
@@ -172,6 +214,7 @@ def main(argv=None):
     for name in runs:
         t = statistics.median(times[name])
         print(f"| {name} | {t:.3f} | {t / base:.2f} | {t - base:+.3f} |")
+    teacher_table(runs["LGD"][0], batch, args)
     if "FitNet (EffLite2 teacher)" in runs:
         lgd = statistics.median(times["LGD"]) - base
         fit = statistics.median(times["FitNet (EffLite2 teacher)"]) - base
