@@ -353,6 +353,8 @@ def _train(out, *opts):
         "--config-file",
         os.path.join(ROOT, "configs", "quick_schedules", "lgd_retinanet_R18_toy.yaml"),
         *opts,
+        "SEED",
+        "3",
         "OUTPUT_DIR",
         str(out),
     ]
