@@ -2,6 +2,7 @@
 attention confinement, gradient flow per phase, empty images, equality with the plain detector,
 a fixed-seed golden loss, oracle evaluation and student export."""
 
+import json
 import os
 import subprocess
 import sys
@@ -370,6 +371,10 @@ def test_train_resume_evaluate_oracle_teacher_and_export(tmp_path):
     log = _train(out, "TEST.EVAL_PERIOD", "4", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
     assert "Evaluation results of the TEACHER" in log and "GROUND-TRUTH" in log
     assert "loss_distill_lgd" in log and "loss_cls_teacher" in log
+    with open(out / "metrics.json") as f:
+        metrics = [json.loads(line) for line in f]
+    final = [m for m in metrics if "bbox/AP" in m][-1]
+    assert any(k.startswith("teacher/") and k.endswith("bbox/AP") for k in final), final
 
     # 3 iterations (backbone frozen at 0, distillation on from 2), then --resume to 4: the
     # student, the trainable teacher and the adapter end bit-identical to the straight run

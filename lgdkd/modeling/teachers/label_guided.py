@@ -531,6 +531,10 @@ class LGDOracleDetector(nn.Module):
                 "The LGD teacher is evaluated from ground truth: the test loader must keep the "
                 "annotations (lgdkd.data.build_test_loader(..., keep_annotations=True))."
             )
+        # the parts are not sub-modules: put them in inference mode here (and back after)
+        student_mode, teacher_mode = student.training, teacher.training
+        student.eval()
+        teacher.eval()
         adapter = build_adapter(student)
         images = student.preprocess_image(batched_inputs)
         gt = [x["instances"].to(images.tensor.device) for x in batched_inputs]
@@ -542,3 +546,5 @@ class LGDOracleDetector(nn.Module):
             return student(batched_inputs)
         finally:
             student.backbone = backbone
+            student.train(student_mode)
+            teacher.train(teacher_mode)
