@@ -105,16 +105,17 @@ def test_teacher_equals_per_image_reference(context):
     torch.manual_seed(0)
     model = build_model(lgd_cfg(ADD_CONTEXT_BOX=context))
     teacher = model.teacher
-    feats = {"p3": torch.randn(3, 32, 12, 16), "p4": torch.randn(3, 32, 6, 8)}
+    feats = {"p3": torch.randn(4, 32, 12, 16), "p4": torch.randn(4, 32, 6, 8)}
     student = synthetic_outputs(
         feats,
         [
             [[3, 4, 40, 50], [10, 10, 90, 60], [0, 0, 7.5, 5]],  # third: smaller than a cell
             [[20, 30, 60, 90]],
             [[0, 0, 120, 90], [50, 5, 70, 80]],  # first: spills outside the image
+            [],  # no box
         ],
-        [[0, 1, 1], [1], [0, 0]],
-        [(96, 128), (80, 100), (90, 110)],
+        [[0, 1, 1], [1], [0, 0], []],
+        [(96, 128), (80, 100), (90, 110), (64, 64)],
     )
     got = teacher(None, student).features
     ref = reference_teacher(teacher, student)

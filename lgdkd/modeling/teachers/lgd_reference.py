@@ -43,7 +43,12 @@ def reference_teacher(teacher, student: DetectorOutputs):
     x = enc.conv1(x)
     local = (x.unsqueeze(1) @ enc.stn_feat(x)).squeeze(1)
     g = enc.conv2(local)
-    glob = torch.cat([g_i.max(0, keepdim=True)[0].expand(len(g_i), -1) for g_i in g.split(counts)])
+    glob = torch.cat(
+        [
+            g_i.max(0, keepdim=True)[0].expand(len(g_i), -1) if len(g_i) else g_i
+            for g_i in g.split(counts)
+        ]
+    )
     lab = enc.fuse(torch.cat([local, glob], 1))
     lab = F.relu(F.layer_norm(teacher.canoni_proj_1D(lab), (C,)))
     owner = torch.cat([torch.full((n,), i, device=desc.device) for i, n in enumerate(counts)])
