@@ -402,3 +402,16 @@ def test_train_resume_evaluate_oracle_teacher_and_export(tmp_path):
     proc = subprocess.run([sys.executable, "-c", check, c, w], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("RetinaNet")
+
+
+def test_instance_norm_matches_torch_and_accepts_1x1_maps():
+    from torch.nn import functional as F
+
+    from lgdkd.modeling.distillers.feature_mimic import instance_norm
+
+    x = torch.randn(2, 5, 6, 7)
+    torch.testing.assert_close(instance_norm(x), F.instance_norm(x))
+    one = torch.randn(2, 5, 1, 1, requires_grad=True)
+    with pytest.raises(ValueError):
+        F.instance_norm(one, use_input_stats=True).sum()  # torch refuses 1x1 in training
+    assert torch.equal(instance_norm(one), torch.zeros_like(one))

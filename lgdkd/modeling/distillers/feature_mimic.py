@@ -5,7 +5,6 @@ Shape shorthand: N images, C_s / C_t student / teacher channels, H x W one level
 
 from typing import Dict, Optional
 
-import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from torch import nn
 
@@ -14,9 +13,17 @@ from ..assigners.regions import gt_box_masks, valid_region_masks
 from ..outputs import Assignment, DetectorOutputs
 from .build import DISTILLER_REGISTRY
 
-__all__ = ["FeatureMimicDistiller"]
+__all__ = ["FeatureMimicDistiller", "instance_norm"]
 
 _MASKS = ("all", "gt_boxes", "assigner")
+
+
+def instance_norm(x, eps: float = 1e-5):
+    """``F.instance_norm`` without affine parameters (per image and channel over H x W), also
+    defined in training for 1x1 maps (e.g. P7 of a small image), where it gives 0."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), unbiased=False, keepdim=True)
+    return (x - mean) / (var + eps).sqrt()
 
 
 def _adapter(kind: str, c_in: int, c_out: int) -> nn.Module:
@@ -133,7 +140,7 @@ class FeatureMimicDistiller(nn.Module):
                     f"teacher {t!r} {tuple(target.shape)}"
                 )
             if self.norm == "instance":
-                pred, target = F.instance_norm(pred), F.instance_norm(target)
+                pred, target = instance_norm(pred), instance_norm(target)
             m = masks[s].to(pred.dtype)
             sq = ((pred - target) ** 2 * m).sum()
             count = mean_over_workers(m.sum() * target.shape[1]).clamp(min=1.0)

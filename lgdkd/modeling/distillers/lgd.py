@@ -15,15 +15,9 @@ from ...utils.dist import mean_over_workers
 from ..assigners.regions import valid_region_masks
 from ..outputs import DetectorOutputs
 from .build import DISTILLER_REGISTRY
+from .feature_mimic import instance_norm
 
 __all__ = ["LGDDistiller"]
-
-
-def _instance_norm(x, eps: float = 1e-5):
-    """F.instance_norm without affine, also defined for 1x1 maps (where it gives 0)."""
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    var = x.var(dim=(2, 3), unbiased=False, keepdim=True)
-    return (x - mean) / (var + eps).sqrt()
 
 
 @DISTILLER_REGISTRY.register()
@@ -102,7 +96,7 @@ class LGDDistiller(nn.Module):
                 raise ValueError(
                     f"LGDDistiller: student {k!r} {tuple(s.shape)} vs teacher {tuple(t.shape)}"
                 )
-            err = (_instance_norm(self.adapter(s)) - _instance_norm(t)) ** 2
+            err = (instance_norm(self.adapter(s)) - instance_norm(t)) ** 2
             if self.region == "valid":
                 m = masks[k].to(err.dtype)
                 sq = sq + (err * m).sum()
