@@ -16,6 +16,7 @@ def add_lgdkd_config(cfg):
         return cfg
     _add_distill_config(cfg)
     _add_fcos_config(cfg)
+    _add_gfl_config(cfg)
     _add_backbone_config(cfg)
     _add_data_config(cfg)
     _add_engine_config(cfg)
@@ -138,6 +139,45 @@ def _add_distill_config(cfg):
     # padding included) or "valid" (cells inside the images only).
     G.LOSS_REGION = "all"
 
+    # LD: localization distillation (Zheng et al., CVPR 2022, arXiv:2102.12252; HikariTJU/LD).
+    # TEACHER.NAME "PretrainedTeacher" (a GFL detector with the student's levels, strides,
+    # REG_MAX and classes) + DISTILLERS ["LDDistiller"]; the student is a GFL detector.
+    # Defaults are the LD repository's HEAD ("Main KD + Main LD + VLR LD"); MMDetection's
+    # LDHead and the README's "main region" rows set KD_WEIGHT and VLR_WEIGHT to 0.
+    L = D.LD = CN()
+    # Main LD: KL between teacher and student box-side distributions at temperature T on the
+    # student's ATSS positives, each weighted by the student's detached max score.
+    L.LOSS_WEIGHT = 0.25
+    L.TEMPERATURE = 10.0
+    # Valuable Localization Region: anchors with ALPHA x thr <= D(anchor, box) < thr (thr the
+    # box's ATSS threshold), each weighted by its IoU with the box.
+    L.VLR_WEIGHT = 0.25
+    L.VLR_TEMPERATURE = 10.0
+    L.VLR_ALPHA = 0.25
+    # D of the VLR: "legacy_iof_diou" (the LD code: intersection / anchor area - rho^2/c^2) or
+    # "diou" (true DIoU, as the paper states).
+    L.VLR_METRIC = "legacy_iof_diou"
+    # Classification KD on the positives: softmax KL over the classes at temperature KD_T.
+    L.KD_WEIGHT = 10.0
+    L.KD_TEMPERATURE = 2.0
+    # Classification KD on the VLR (the LD code computes it and multiplies it by 0).
+    L.KD_VLR_WEIGHT = 0.0
+    # How the LD sums are normalised:
+    #   "per_image": the official sums (Main LD / 4, VLR LD / 16) x REFERENCE_IMAGES / images
+    #       per worker (averaged over workers): batch-invariant, and equal to the official value
+    #       at REFERENCE_IMAGES images per GPU, so the published weights carry over;
+    #   "weight_sum": sum of w x KL / (4 x sum of w), like GFocal's DFL (fully normalised; the
+    #       weights must be re-tuned, they are not the published ones);
+    #   "legacy": the official per-GPU sums, which grow with images per GPU (HikariTJU/LD #78).
+    # Main KD is divided by the positives of its level: over all workers ("per_image",
+    # "weight_sum") or on this worker only ("legacy", as the official code).
+    L.NORM = "per_image"
+    # Images per GPU of the official runs (2 GPUs x 3 images), used by NORM "per_image".
+    L.REFERENCE_IMAGES = 3
+    # Reduction of the KL over the REG_MAX + 1 bins: "mean" (the official code, HikariTJU/LD #74:
+    # the published weights were tuned with it) or "sum" (the true KL; divide weights by 17).
+    L.BIN_REDUCTION = "mean"
+
 
 def _add_fcos_config(cfg):
     # ---------------------------------------------------------------------------------------
@@ -159,6 +199,65 @@ def _add_fcos_config(cfg):
     F.SCORE_THRESH_TEST = 0.2
     F.TOPK_CANDIDATES_TEST = 1000
     F.NMS_THRESH_TEST = 0.6
+
+
+def _add_gfl_config(cfg):
+    # ---------------------------------------------------------------------------------------
+    # GFocal V1/V2 (META_ARCHITECTURE "GFL", lgdkd/modeling/meta_arch/gfl.py). Defaults are the
+    # COCO settings of MMDetection's GFL configs, which the LD repository (HikariTJU/LD) uses.
+    # ---------------------------------------------------------------------------------------
+    G = cfg.MODEL.GFL = CN()
+    G.NUM_CLASSES = 80
+    G.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Convs of each tower (conv3x3 without bias + norm + ReLU); NORM "GN" is GroupNorm(32).
+    G.NUM_CONVS = 4
+    G.NORM = "GN"
+    G.PRIOR_PROB = 0.01
+    # Box sides are distributions over bins 0..REG_MAX (in units of the level's stride).
+    G.REG_MAX = 16
+    # One square anchor per location of side ANCHOR_SCALE x stride (octave_base_scale), centred
+    # on (x * stride, y * stride): used by ATSS only; boxes are decoded from the centres.
+    G.ANCHOR_SCALE = 8.0
+    # GFocal V2: distribution-guided quality predictor (top-k bin probabilities [+ their mean]
+    # of each side -> 1x1 conv (DGQP_CHANNELS) -> ReLU -> 1x1 conv -> sigmoid); the score is
+    # sigmoid(class logit) x quality and QFL is applied to that probability.
+    G.DGQP = False
+    G.DGQP_TOPK = 4
+    G.DGQP_CHANNELS = 64
+    G.DGQP_ADD_MEAN = True
+    # Losses: Quality Focal Loss (beta, weight), box loss "giou" (COCO) or "ciou" (LD's VOC
+    # students) and Distribution Focal Loss; the DFL target is clamped to REG_MAX - eps.
+    G.QFL_BETA = 2.0
+    G.LOSS_WEIGHT_QFL = 1.0
+    G.BOX_LOSS = "giou"
+    G.LOSS_WEIGHT_BOX = 2.0
+    G.LOSS_WEIGHT_DFL = 0.25
+    G.DFL_TARGET_EPS = 0.1
+    # Inference: per level the TOPK_CANDIDATES_TEST locations of highest max class score, then
+    # (box, class) pairs above SCORE_THRESH_TEST, class-wise NMS at NMS_THRESH_TEST, at most
+    # TEST.DETECTIONS_PER_IMAGE per image.
+    G.SCORE_THRESH_TEST = 0.05
+    G.TOPK_CANDIDATES_TEST = 1000
+    G.NMS_THRESH_TEST = 0.6
+    # "nms" (plain class-wise NMS) or "voting_cluster_diou" (LD's score-voting Cluster-DIoU-NMS:
+    # DIoU with exponent 0.8, kept boxes averaged with same-class neighbours of DIoU > 0.7).
+    G.NMS_TYPE = "nms"
+    # Candidates (highest scores first) considered by the voting NMS, which is O(N^2) in memory.
+    G.NMS_MAX_CANDIDATES = 3000
+
+    # ATSS (Zhang et al., CVPR 2020): GFL's assignment and the "ATSSAssigner" distillation
+    # region. TOPK candidates per level and box, nearest centres first.
+    A = cfg.MODEL.ATSS = CN()
+    A.TOPK = 9
+    # Anchor side / stride of the ATSSAssigner's square anchors (GFL uses MODEL.GFL.ANCHOR_SCALE).
+    A.ANCHOR_SCALE = 8.0
+
+    # P6/P7 of build_resnet_fpn_p6p7_backbone / build_timm_fpn_p6p7_backbone: computed from
+    # "p5" (the FPN output; MMDetection's add_extra_convs='on_output', which GFocal/LD/PAA
+    # checkpoints use) or from a bottom-up stage such as "res5" (detectron2's RetinaNet).
+    cfg.MODEL.FPN.TOP_BLOCK_IN = "p5"
+    # ReLU between P6 and P7 (detectron2: True; MMDetection: False).
+    cfg.MODEL.FPN.TOP_BLOCK_RELU = False
 
 
 def _add_backbone_config(cfg):

@@ -159,7 +159,24 @@ def _tiny_fcos(cfg):
     cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.001
 
 
-_ARCHS = {"retinanet": _tiny_retinanet, "faster_rcnn": _tiny_faster_rcnn, "fcos": _tiny_fcos}
+def _tiny_gfl(cfg):
+    cfg.MODEL.META_ARCHITECTURE = "GFL"
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_p6p7_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.GFL.NUM_CONVS = 1
+    cfg.MODEL.GFL.NORM = ""  # GroupNorm(32) on 32 channels leaves one channel per group
+    cfg.MODEL.GFL.ANCHOR_SCALE = 4.0  # toy objects are 10-60 px
+    cfg.MODEL.GFL.NUM_CLASSES = 2
+    cfg.MODEL.GFL.SCORE_THRESH_TEST = 0.001
+
+
+_ARCHS = {
+    "retinanet": _tiny_retinanet,
+    "faster_rcnn": _tiny_faster_rcnn,
+    "fcos": _tiny_fcos,
+    "gfl": _tiny_gfl,
+}
 
 
 @pytest.fixture
@@ -167,7 +184,8 @@ def tiny_cfg(toy_datasets, tmp_path):
     """Factory ``tiny_cfg(arch="retinanet") -> CfgNode`` (not frozen) of a tiny CPU detector.
 
     ``arch``: "retinanet", "faster_rcnn" (GeneralizedRCNN with reduced RPN/ROI sizes) or
-    "fcos" (lgdkd's FCOS with its GN head: needs ``import lgdkd.modeling``). Every variant:
+    "fcos" (lgdkd's FCOS with its GN head: needs ``import lgdkd.modeling``) or "gfl" (GFocal V1
+    without norm in its 1-conv towers, anchors of 4 x stride). Every variant:
     ResNet-18 + FPN with 32 channels (64 for FCOS), from scratch with BN, inputs of 64-96 px
     (max 128), 2 images per batch, 6 iterations, evaluation only after the last one, test score
     threshold 0.001 (so that an untrained model predicts), SEED 0, NUM_WORKERS 0, toy_train /

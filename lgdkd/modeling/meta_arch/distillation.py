@@ -91,6 +91,11 @@ class DistillationDetector(nn.Module):
                     "teacher trained on another label set cannot teach this student."
                 )
         distillers = build_distillers(cfg, student_shape, teacher_shape)
+        for d in distillers:
+            # a distiller that needs more than shapes (detector types, reg_max, ...) checks
+            # the models here, at build time
+            if hasattr(d, "check_models"):
+                d.check_models(student, teacher)
         assigner = build_assigner(cfg)
         if teacher is not None and hasattr(teacher, "require_predictions"):
             # an assigner may read the teacher's predictions (e.g. label assignment)
