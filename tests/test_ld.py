@@ -484,3 +484,40 @@ def test_gfl_teacher_ld_student_train_eval_export(tiny_cfg, run_train_net, tmp_p
     assert scfg.MODEL.META_ARCHITECTURE == "GFL"
     model = build_model(scfg)
     model.load_state_dict(torch.load(w, weights_only=False)["model"], strict=True)
+
+
+@pytest.mark.slow
+def test_teacher_assistant_chain_recipe(tiny_cfg, tmp_path):
+    """projects/LD/train_chain.py: teacher -> assistant -> student, each stage evaluated, the
+    assistant's student weights teaching the last stage."""
+    stages = []
+    teacher = tiny_cfg("gfl")
+    teacher.SOLVER.MAX_ITER = 2
+    stages.append(teacher)
+    for width in (32, 16):
+        cfg = tiny_cfg("gfl")
+        cfg.MODEL.FPN.OUT_CHANNELS = width
+        cfg.SOLVER.MAX_ITER = 2
+        cfg.MODEL.META_ARCHITECTURE = "DistillationDetector"
+        cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "GFL"
+        cfg.MODEL.DISTILL.TEACHER.NAME = "PretrainedTeacher"
+        cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = "set by the chain"
+        cfg.MODEL.DISTILL.DISTILLERS = ["LDDistiller"]
+        stages.append(cfg)
+    paths = []
+    for k, cfg in enumerate(stages):
+        paths.append(tmp_path / f"s{k}.yaml")
+        paths[-1].write_text(cfg.dump())
+    out = tmp_path / "chain"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "projects", "LD", "train_chain.py")]
+        + ["--stages", *map(str, paths), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| 1 |") == 1 and "| 3 |" in summary
+    log3 = (out / "stage3_s2.stdout.txt").read_text()
+    assert "stage2_s1/model_final.pth" in log3 and "loss_distill_ld" in log3

@@ -1,0 +1,92 @@
+"""Train configs over several seeds with train_net.py and tabulate mean and spread of the final
+AP / AP50 / AP75: the engine behind the projects' DeepForest comparisons.
+
+Runs go to OUTPUT/<config name>/seed<k>; a run with a final checkpoint and evaluation is not
+repeated, so a comparison can be stopped and started again.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
+
+__all__ = ["final_record", "train", "fmt", "seed_table"]
+
+
+def final_record(out_dir: str):
+    """(last evaluation record, mean s/iter) of a finished run, or (None, None)."""
+    path = os.path.join(out_dir, "metrics.json")
+    if not os.path.exists(path) or not os.path.exists(os.path.join(out_dir, "model_final.pth")):
+        return None, None
+    ap, times = None, []
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "bbox/AP" in rec:
+                ap = rec
+            if "time" in rec:
+                times.append(rec["time"])
+    return ap, (statistics.mean(times) if times else float("nan"))
+
+
+def train(config: str, seed: int, out_dir: str, opts: Sequence[str] = (), tag: str = "seeds"):
+    """train_net.py --config-file config SEED seed OUTPUT_DIR out_dir *opts (stdout to
+    out_dir.stdout.txt); exits with a message naming the log when the run fails."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config]
+    cmd += ["SEED", str(seed), "OUTPUT_DIR", out_dir, *map(str, opts)]
+    print(f"[{tag}] {os.path.basename(config)} seed {seed} -> {out_dir}", flush=True)
+    t0 = time.time()
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    with open(out_dir + ".stdout.txt", "w") as log:
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise SystemExit(f"[{tag}] {config} seed {seed} failed; see {out_dir}.stdout.txt")
+    print(f"[{tag}]   done in {time.time() - t0:.0f} s", flush=True)
+
+
+def fmt(values: List[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def seed_table(
+    configs: Sequence[str],
+    seeds: Sequence[int],
+    output: str,
+    opts: Optional[Dict[str, Sequence[str]]] = None,
+    tag: str = "seeds",
+) -> str:
+    """Train every (config, seed) without a finished run; return the markdown table (one row
+    per config: seeds, mean ± sample std of AP / AP50 / AP75, AP per seed, mean s/iter)."""
+    rows = []
+    for config in configs:
+        name = os.path.splitext(os.path.basename(config))[0]
+        results, speeds = [], []
+        for seed in seeds:
+            out = os.path.join(output, name, f"seed{seed}")
+            rec, s_iter = final_record(out)
+            if rec is None:
+                train(config, seed, out, (opts or {}).get(config, ()), tag)
+                rec, s_iter = final_record(out)
+            results.append(rec)
+            speeds.append(s_iter)
+        per_seed = " / ".join(f"{r['bbox/AP']:.1f}" for r in results)
+        rows.append(
+            f"| {name} | {len(results)} | "
+            + " | ".join(fmt([r[m] for r in results]) for m in METRICS)
+            + f" | {per_seed} | {statistics.mean(speeds):.2f} |"
+        )
+    return "\n".join(
+        [
+            "| config | seeds | AP | AP50 | AP75 | AP per seed | s/iter |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
