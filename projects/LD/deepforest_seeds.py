@@ -34,7 +34,10 @@ def main(argv=None):
     )
     opts = {STUDENTS[1]: ["MODEL.DISTILL.TEACHER.WEIGHTS", weights]}
     table = seed_table(STUDENTS, args.seeds, args.output, opts, tag="ld-seeds")
-    text = f"teacher\n\n{teacher_table}\n\nstudents, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
+    text = (
+        f"teacher\n\n{teacher_table}\n\n"
+        f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
+    )
     print(text)
     with open(os.path.join(args.output, "summary.md"), "w") as f:
         f.write(text)

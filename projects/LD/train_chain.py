@@ -14,8 +14,8 @@ model_final.pth (its ``student.*`` weights). Each stage trains from its own init
         configs/LD/DeepForest/gfl_EffLite0_ld.yaml --output output/LD/self_ld
     # teacher -> assistant -> student
     python projects/LD/train_chain.py --stages configs/LD/DeepForest/gfl_EffLite0_teacher.yaml \\
-        configs/LD/DeepForest/gfl_EffLite0_ld.yaml configs/LD/DeepForest/gfl_EffLite0_small_ld.yaml \\
-        --output output/LD/chain
+        configs/LD/DeepForest/gfl_EffLite0_ld.yaml \\
+        configs/LD/DeepForest/gfl_EffLite0_small_ld.yaml --output output/LD/chain
 
 Stage k goes to OUTPUT/stage<k>_<config name>; finished stages are not trained again. The
 AP / AP50 / AP75 of every stage is printed and written to OUTPUT/summary.md.
