@@ -521,3 +521,31 @@ def test_teacher_assistant_chain_recipe(tiny_cfg, tmp_path):
     assert summary.count("| 1 |") == 1 and "| 3 |" in summary
     log3 = (out / "stage3_s2.stdout.txt").read_text()
     assert "stage2_s1/model_final.pth" in log3 and "loss_distill_ld" in log3
+
+
+def test_ld_composes_with_main_region_feature_imitation(tiny_cfg, tmp_path):
+    """LD + FitNet-style imitation on the ATSS positives (the paper's "main region" imitation):
+    both distillers from one teacher pass, the region from the registered ATSSAssigner."""
+    from detectron2.utils.events import EventStorage
+
+    cfg = _ld_cfg(tiny_cfg, tmp_path)
+    cfg.MODEL.DISTILL.DISTILLERS = ["LDDistiller", "FeatureMimicDistiller"]
+    cfg.MODEL.DISTILL.ASSIGNER.NAME = "ATSSAssigner"
+    cfg.MODEL.ATSS.ANCHOR_SCALE = 4.0
+    cfg.MODEL.DISTILL.FEATURE_MIMIC.MASK = "assigner"
+    cfg.MODEL.DISTILL.FEATURE_MIMIC.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    model = _gfl(cfg)
+    batch = _batch(cfg)
+    with EventStorage(0):
+        losses = model(batch)
+    assert losses["loss_distill_feature_mimic"] > 0 and losses["loss_distill_ld"] > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    # the assigner's positives are the GFL student's own ATSS positives (same anchors)
+    student, _ = _outputs(model, batch)
+    assignment = model.assigner(student)
+    own = student.extras["label_anchors"].positive
+    region = torch.cat(
+        [assignment.region_masks[f].flatten(1) for f in student.head_in_features], dim=1
+    )
+    assert torch.equal(region.bool(), own)
