@@ -14,17 +14,15 @@ s/iter of each, its ratio to the plain student and the extra s/iter.
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from benchmark_lgd import build, fixed_batch, load_cfg, step  # noqa: E402
+from benchmark_lgd import build, fixed_batch, load_cfg, print_table, time_rounds  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "LD", "DeepForest")
 
@@ -57,7 +55,7 @@ def main(argv=None):
     ld_path = os.path.join(CONFIGS, "gfl_EffLite0_ld.yaml")
     weights = random_teacher_weights(tmp, load_cfg(ld_path, args.device))
     teacher = ["MODEL.DISTILL.TEACHER.WEIGHTS", weights]
-    main_only = ["MODEL.DISTILL.LD.KD_WEIGHT", "0", "MODEL.DISTILL.LD.VLR_WEIGHT", "0"]
+    main_only = ["MODEL.DISTILL.LD.KD_WEIGHT", "0.0", "MODEL.DISTILL.LD.VLR_WEIGHT", "0.0"]
     runs = {
         "plain student": build(plain),
         "LD, main region": build(load_cfg(ld_path, args.device, teacher + main_only)),
@@ -65,27 +63,9 @@ def main(argv=None):
     }
     batch = fixed_batch(plain, args.batch)
     size = tuple(batch[0]["image"].shape[-2:])
-    times = {k: [] for k in runs}
-    for name, (model, opt) in runs.items():  # warm-up
-        step(model, opt, batch, 0, args.device)
-    for r in range(args.rounds):
-        for name, (model, opt) in runs.items():
-            t0 = time.perf_counter()
-            for i in range(args.iters):
-                step(model, opt, batch, 1 + r * args.iters + i, args.device)
-            times[name].append((time.perf_counter() - t0) / args.iters)
-            print(f"[round {r + 1}/{args.rounds}] {name}: {times[name][-1]:.3f} s/iter", flush=True)
-    base = statistics.median(times["plain student"])
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(
-        f"\nGFocal EffLite0 (DeepForest), batch {args.batch} x {size[0]}x{size[1]}, {device}, "
-        f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.iters} it\n"
-    )
-    print("| model | s/iter | x plain student | extra s/iter |")
-    print("|---|---|---|---|")
-    for name in runs:
-        t = statistics.median(times[name])
-        print(f"| {name} | {t:.3f} | {t / base:.2f} | {t - base:+.3f} |")
+    times = time_rounds(runs, batch, 0, args)
+    title = f"GFocal EffLite0 (DeepForest), batch {args.batch} x {size[0]}x{size[1]}"
+    print_table(title, runs, times, args)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,37 @@ def step(model, optimizer, batch, iteration, device):
         torch.cuda.synchronize()
 
 
+def time_rounds(runs, batch, start, args):
+    """{name: [s/iter of each round]}: one warm-up step each, then ``args.rounds`` rounds in
+    which every model takes ``args.iters`` steps in turn (iterations from ``start``)."""
+    times = {k: [] for k in runs}
+    for name, (model, opt) in runs.items():  # warm-up
+        step(model, opt, batch, start, args.device)
+    for r in range(args.rounds):
+        for name, (model, opt) in runs.items():
+            t0 = time.perf_counter()
+            for i in range(args.iters):
+                step(model, opt, batch, start + 1 + r * args.iters + i, args.device)
+            times[name].append((time.perf_counter() - t0) / args.iters)
+            print(f"[round {r + 1}/{args.rounds}] {name}: {times[name][-1]:.3f} s/iter", flush=True)
+    return times
+
+
+def print_table(title, runs, times, args):
+    """Markdown table of the median s/iter of each run next to the "plain student"'s."""
+    base = statistics.median(times["plain student"])
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(
+        f"\n{title}, {device}, {torch.get_num_threads()} threads, median of {args.rounds} "
+        f"rounds x {args.iters} it\n"
+    )
+    print("| model | s/iter | x plain student | extra s/iter |")
+    print("|---|---|---|---|")
+    for name in runs:
+        t = statistics.median(times[name])
+        print(f"| {name} | {t:.3f} | {t / base:.2f} | {t - base:+.3f} |")
+
+
 def teacher_table(model, batch, args):
     """Median s per forward + backward of the vectorised teacher and of the reference."""
     from lgdkd.modeling.teachers.lgd_reference import reference_teacher
@@ -192,28 +223,9 @@ def main(argv=None):
         runs["FitNet (EffLite2 teacher)"] = build(fit_cfg)
     batch = fixed_batch(plain_cfg, args.batch)
     size = tuple(batch[0]["image"].shape[-2:])
-    times = {k: [] for k in runs}
-    for name, (model, opt) in runs.items():  # warm-up
-        step(model, opt, batch, start, args.device)
-    for r in range(args.rounds):
-        for name, (model, opt) in runs.items():
-            t0 = time.perf_counter()
-            for i in range(args.iters):
-                step(model, opt, batch, start + 1 + r * args.iters + i, args.device)
-            times[name].append((time.perf_counter() - t0) / args.iters)
-            print(f"[round {r + 1}/{args.rounds}] {name}: {times[name][-1]:.3f} s/iter", flush=True)
-
+    times = time_rounds(runs, batch, start, args)
     base = statistics.median(times["plain student"])
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(
-        f"\n{args.family}, batch {args.batch} x {size[0]}x{size[1]}, {device}, "
-        f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.iters} it\n"
-    )
-    print("| model | s/iter | x plain student | extra s/iter |")
-    print("|---|---|---|---|")
-    for name in runs:
-        t = statistics.median(times[name])
-        print(f"| {name} | {t:.3f} | {t / base:.2f} | {t - base:+.3f} |")
+    print_table(f"{args.family}, batch {args.batch} x {size[0]}x{size[1]}", runs, times, args)
     teacher_table(runs["LGD"][0], batch, args)
     if "FitNet (EffLite2 teacher)" in runs:
         lgd = statistics.median(times["LGD"]) - base
