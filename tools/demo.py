@@ -73,17 +73,12 @@ def run_step(index, name, config, out_dir, teacher_dir, quick):
 
 def final_metrics(out_dir):
     """The last evaluation written to OUTPUT_DIR/metrics.json, and the mean s/iter."""
-    ap, times = None, []
-    with open(os.path.join(out_dir, "metrics.json")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if "bbox/AP" in rec:
-                ap = rec
-            if "time" in rec:
-                times.append(rec["time"])
+    from seed_runs import final_record  # tools/, this script's directory
+
+    ap, s_iter = final_record(out_dir)
     if ap is None:
-        raise SystemExit(f"[demo] no evaluation found in {out_dir}/metrics.json")
-    return ap, (sum(times) / len(times) if times else float("nan"))
+        raise SystemExit(f"[demo] no final evaluation found in {out_dir}")
+    return ap, s_iter
 
 
 def draw_predictions(val_json, image_root, runs, path, num_images=3, score_thresh=0.3):

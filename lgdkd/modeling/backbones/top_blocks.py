@@ -72,10 +72,7 @@ def _top_block(cfg, bottom_up, out_channels: int) -> LastLevelP6P7Configurable:
     )
 
 
-@BACKBONE_REGISTRY.register()
-def build_resnet_fpn_p6p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """ResNet + FPN (P3-P7 for IN_FEATURES res3-res5) with the configurable P6/P7 top block."""
-    bottom_up = build_resnet_backbone(cfg, input_shape)
+def _fpn(cfg, bottom_up) -> FPN:
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     return FPN(
         bottom_up=bottom_up,
@@ -85,6 +82,12 @@ def build_resnet_fpn_p6p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         top_block=_top_block(cfg, bottom_up, out_channels),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_fpn_p6p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN (P3-P7 for IN_FEATURES res3-res5) with the configurable P6/P7 top block."""
+    return _fpn(cfg, build_resnet_backbone(cfg, input_shape))
 
 
 @BACKBONE_REGISTRY.register()
@@ -93,13 +96,4 @@ def build_timm_fpn_p6p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     from .timm_fpn import _bottom_up
 
     required = () if cfg.MODEL.FPN.TOP_BLOCK_IN == "p5" else (cfg.MODEL.FPN.TOP_BLOCK_IN,)
-    bottom_up = _bottom_up(cfg, input_shape, required=required)
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=_top_block(cfg, bottom_up, out_channels),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return _fpn(cfg, _bottom_up(cfg, input_shape, required=required))
