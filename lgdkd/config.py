@@ -17,6 +17,7 @@ def add_lgdkd_config(cfg):
     _add_distill_config(cfg)
     _add_fcos_config(cfg)
     _add_gfl_config(cfg)
+    _add_paa_config(cfg)
     _add_backbone_config(cfg)
     _add_data_config(cfg)
     _add_engine_config(cfg)
@@ -59,6 +60,10 @@ def _add_distill_config(cfg):
     # Learning-rate multiplier of a trainable teacher's parameters (own param group).
     # Frozen teachers have no parameter in the optimizer.
     D.TEACHER.LR_FACTOR = 1.0
+
+    # Weight of the student's own detection losses (0: distillation losses only, e.g. LAD's
+    # pure Soft-Label runs; the task losses are then not computed).
+    D.TASK_LOSS_WEIGHT = 1.0
 
     D.ASSIGNER = CN()
     # Name in ASSIGNER_REGISTRY; "" means the student's own label assignment.
@@ -178,6 +183,18 @@ def _add_distill_config(cfg):
     # the published weights were tuned with it) or "sum" (the true KL; divide weights by 17).
     L.BIN_REDUCTION = "mean"
 
+    # Soft-label distillation for PAA students ("SoftLabelDistiller"; LAD's Soft-Label KD and
+    # SoLAD, Nguyen et al., WACV 2022): focal binary KL (|t - p|^GAMMA x KL, no temperature) of
+    # the class logits on every valid anchor (CLS_WEIGHT: 10 for Soft-Label, 2 in SoLAD) and of
+    # the IoU logit (IOU_WEIGHT) plus IoU-weighted GIoU to the teacher's box (BOX_WEIGHT) on the
+    # anchors whose teacher box has IoU > MIN_IOU with a ground-truth box (0.1; 0.5 in SoLAD).
+    S = D.SOFT_LABEL = CN()
+    S.GAMMA = 0.5
+    S.CLS_WEIGHT = 10.0
+    S.IOU_WEIGHT = 10.0
+    S.BOX_WEIGHT = 1.3
+    S.MIN_IOU = 0.1
+
 
 def _add_fcos_config(cfg):
     # ---------------------------------------------------------------------------------------
@@ -258,6 +275,61 @@ def _add_gfl_config(cfg):
     cfg.MODEL.FPN.TOP_BLOCK_IN = "p5"
     # ReLU between P6 and P7 (detectron2: True; MMDetection: False).
     cfg.MODEL.FPN.TOP_BLOCK_RELU = False
+
+
+def _add_paa_config(cfg):
+    # ---------------------------------------------------------------------------------------
+    # PAA (META_ARCHITECTURE "PAA", lgdkd/modeling/meta_arch/paa.py; Kim & Lee, ECCV 2020).
+    # Defaults are MMDetection's PAA configs, which LAD / SoLAD / CoLAD use.
+    # ---------------------------------------------------------------------------------------
+    P = cfg.MODEL.PAA = CN()
+    P.NUM_CLASSES = 80
+    P.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Convs of each tower (conv3x3 + norm + ReLU); NORM "GN" is GroupNorm(32). MMDetection's
+    # convs have no bias (CONV_BIAS False), the original PAA code's have one.
+    P.NUM_CONVS = 4
+    P.NORM = "GN"
+    P.CONV_BIAS = False
+    P.PRIOR_PROB = 0.01
+    # One square anchor per location, side ANCHOR_SCALE x stride, centred at (x * s, y * s).
+    P.ANCHOR_SCALE = 8.0
+    P.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # Assignment: IoU pre-assignment (IOU_THRESH, low-quality matches "mmdet": an anchor goes to
+    # the (last) box it matches best among the boxes' best anchors; "original": it keeps its
+    # own best box), cost = focal (summed over classes) + COST_REG_WEIGHT x GIoU (1.3 in
+    # MMDetection, 1.0 in the original code), TOPK lowest costs per box and level, GMM split.
+    P.IOU_THRESH = 0.1
+    P.LOW_QUALITY = "mmdet"
+    P.TOPK = 9
+    P.COST_REG_WEIGHT = 1.3
+    # Positives among a box's candidates sorted by cost, j* = the component-0 candidate of
+    # highest mixture density: "mmdet" (LAD/CoLAD) keeps the component-0 candidates up to j*
+    # and gives no positive to a box with one candidate or none in component 0; "original"
+    # (kkhoot/PAA) keeps every candidate up to j*, a single candidate, or all candidates when
+    # none is in component 0.
+    P.SPLIT_RULE = "mmdet"
+    # EM of the two-component GMM (sklearn GaussianMixture's defaults).
+    P.GMM_MAX_ITER = 100
+    P.GMM_TOL = 1e-3
+    P.GMM_REG_COVAR = 1e-6
+    # Losses: focal (alpha, gamma) / max(positives, images), GIoU x LOSS_WEIGHT_BOX (weighted by
+    # each positive's IoU target and divided by their sum; False: divided by the positives, the
+    # LAD student's loss), IoU-branch BCE x LOSS_WEIGHT_IOU / positives.
+    P.FOCAL_LOSS_ALPHA = 0.25
+    P.FOCAL_LOSS_GAMMA = 2.0
+    P.LOSS_WEIGHT_CLS = 1.0
+    P.LOSS_WEIGHT_BOX = 1.3
+    P.LOSS_WEIGHT_IOU = 0.5
+    P.BOX_LOSS_IOU_WEIGHTED = True
+    # Normalisers per worker (False, MMDetection) or averaged over workers (True, the original).
+    P.NORM_ACROSS_GPUS = False
+    # Inference: score sqrt(sigmoid(cls) x sigmoid(iou)); per level TOPK_CANDIDATES_TEST anchors,
+    # pairs above SCORE_THRESH_TEST, class-wise NMS, score voting with VOTING_SIGMA.
+    P.SCORE_THRESH_TEST = 0.05
+    P.TOPK_CANDIDATES_TEST = 1000
+    P.NMS_THRESH_TEST = 0.6
+    P.SCORE_VOTING = True
+    P.VOTING_SIGMA = 0.025
 
 
 def _add_backbone_config(cfg):

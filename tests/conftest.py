@@ -171,11 +171,24 @@ def _tiny_gfl(cfg):
     cfg.MODEL.GFL.SCORE_THRESH_TEST = 0.001
 
 
+def _tiny_paa(cfg):
+    cfg.MODEL.META_ARCHITECTURE = "PAA"
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_p6p7_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.PAA.NUM_CONVS = 1
+    cfg.MODEL.PAA.NORM = ""
+    cfg.MODEL.PAA.ANCHOR_SCALE = 4.0
+    cfg.MODEL.PAA.NUM_CLASSES = 2
+    cfg.MODEL.PAA.SCORE_THRESH_TEST = 0.001
+
+
 _ARCHS = {
     "retinanet": _tiny_retinanet,
     "faster_rcnn": _tiny_faster_rcnn,
     "fcos": _tiny_fcos,
     "gfl": _tiny_gfl,
+    "paa": _tiny_paa,
 }
 
 
@@ -185,7 +198,8 @@ def tiny_cfg(toy_datasets, tmp_path):
 
     ``arch``: "retinanet", "faster_rcnn" (GeneralizedRCNN with reduced RPN/ROI sizes) or
     "fcos" (lgdkd's FCOS with its GN head: needs ``import lgdkd.modeling``) or "gfl" (GFocal V1
-    without norm in its 1-conv towers, anchors of 4 x stride). Every variant:
+    without norm in its 1-conv towers, anchors of 4 x stride) or "paa" (PAA, the same
+    simplifications). Every variant:
     ResNet-18 + FPN with 32 channels (64 for FCOS), from scratch with BN, inputs of 64-96 px
     (max 128), 2 images per batch, 6 iterations, evaluation only after the last one, test score
     threshold 0.001 (so that an untrained model predicts), SEED 0, NUM_WORKERS 0, toy_train /

@@ -412,7 +412,7 @@ def test_apply_num_classes(toy):
     cfg.freeze()
     assert apply_num_classes(cfg) == 2
     assert cfg.is_frozen()
-    assert len(NUM_CLASSES_KEYS) == 4  # RetinaNet, R-CNN, FCOS, GFL
+    assert len(NUM_CLASSES_KEYS) == 5  # RetinaNet, R-CNN, FCOS, GFL, PAA
     for key in NUM_CLASSES_KEYS:
         node = cfg
         for part in key.split("."):

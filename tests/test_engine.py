@@ -463,6 +463,39 @@ def test_teacher_param_group_lr_factor(tiny_cfg):
     assert in_optimizer == {id(p) for p in frozen.student.parameters()}
 
 
+def test_full_model_gradient_clipping(tiny_cfg):
+    """CLIP_TYPE "full_model" scales all gradients together to the joint norm CLIP_VALUE and
+    logs the norm before clipping; a small norm is left alone; an unknown type is refused."""
+    from detectron2.utils.events import EventStorage
+
+    cfg = tiny_cfg("retinanet")
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+    cfg.SOLVER.MOMENTUM = 0.0
+    cfg.SOLVER.WEIGHT_DECAY = 0.0
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    cfg.SOLVER.BASE_LR = 1.0
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False))
+    optimizer = Trainer.build_optimizer(cfg, model)
+    for scale, expected_norm in ((3.0, 1.0), (0.1, None)):
+        before = [p.detach().clone() for p in model.parameters()]
+        grads = [torch.full_like(p, scale) for p in model.parameters()]
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+        total = torch.cat([g.flatten() for g in grads]).norm().item()
+        with EventStorage(0) as storage:
+            optimizer.step()
+            logged = storage.latest()["grad_norm"][0]
+        assert logged == pytest.approx(total, rel=1e-6)
+        steps = [b - p.detach() for b, p in zip(before, model.parameters())]
+        norm = torch.cat([s.flatten() for s in steps]).norm().item()
+        assert norm == pytest.approx(expected_norm or total, rel=1e-5)
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "global"
+    with pytest.raises(ValueError, match="CLIP_TYPE"):
+        Trainer.build_optimizer(cfg, model)
+
+
 # ------------------------------------------------------------------------------------------
 # Evaluation of the student and of the teacher
 # ------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ NUM_CLASSES_KEYS = (
     "MODEL.ROI_HEADS.NUM_CLASSES",
     "MODEL.FCOS.NUM_CLASSES",
     "MODEL.GFL.NUM_CLASSES",
+    "MODEL.PAA.NUM_CLASSES",
 )
 
 # COCO json files up to this size are parsed completely to be validated; larger ones

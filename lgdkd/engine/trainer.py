@@ -11,7 +11,9 @@ What differs from ``DefaultTrainer`` and why:
 * checkpoints also hold the optimizer state (momentum; detectron2 v0.6 drops it) and module
   attributes outside state dicts (RetinaNet's ``loss_normalizer``, :class:`ModuleAttributes`).
 * ``build_optimizer``: a trainable teacher (parameters named ``teacher.*``) gets its own
-  param groups with lr x MODEL.DISTILL.TEACHER.LR_FACTOR.
+  param groups with lr x MODEL.DISTILL.TEACHER.LR_FACTOR; SOLVER.CLIP_GRADIENTS.CLIP_TYPE
+  "full_model" clips the norm of all gradients together (MMDetection's ``grad_clip``) and logs
+  the norm before clipping as ``grad_norm``.
 * ``build_evaluator`` / ``test``: COCO or VOC per TEST.EVALUATOR; the teacher is evaluated
   too when MODEL.DISTILL.TEACHER.EVAL (results under ``teacher/<dataset>``).
 * ``build_hooks``: detectron2's hooks, writers every SOLVER.LOG_PERIOD iterations.
@@ -34,6 +36,7 @@ from detectron2.evaluation import (
 )
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 from torch.nn.parallel import DataParallel, DistributedDataParallel
@@ -216,7 +219,18 @@ class Trainer(DefaultTrainer):
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
         params = teacher_param_groups(model, params, cfg.MODEL.DISTILL.TEACHER.LR_FACTOR)
-        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+            optimizer = full_model_clipping(torch.optim.SGD, clip.CLIP_VALUE, clip.NORM_TYPE)
+        elif clip.ENABLED and clip.CLIP_TYPE not in ("value", "norm"):
+            raise ValueError(
+                f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r} is not known; use "
+                "'full_model' (norm of all gradients together), 'norm' (per parameter) or "
+                "'value'."
+            )
+        else:
+            optimizer = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+        return optimizer(
             params,
             lr=cfg.SOLVER.BASE_LR,
             momentum=cfg.SOLVER.MOMENTUM,
@@ -353,3 +367,28 @@ def _with_fixed_seed(cfg):
     if frozen:
         cfg.freeze()
     return cfg
+
+
+def full_model_clipping(optimizer_type, max_norm, norm_type=2.0):
+    """A subclass of ``optimizer_type`` whose ``step`` first scales all gradients together so
+    that their joint ``norm_type`` norm is at most ``max_norm`` (MMDetection's
+    ``optimizer_config.grad_clip``), and records the norm before clipping as ``grad_norm``
+    in the event storage when one is open."""
+    if not max_norm > 0:
+        raise ValueError(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0 for 'full_model' clipping, got "
+            f"{max_norm}."
+        )
+
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if params:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            try:
+                get_event_storage().put_scalar("grad_norm", float(norm), smoothing_hint=False)
+            except (AssertionError, IndexError):  # no storage outside a training loop
+                pass
+        return super(cls, self).step(closure)
+
+    cls = type(optimizer_type.__name__ + "WithFullModelClip", (optimizer_type,), {"step": step})
+    return cls

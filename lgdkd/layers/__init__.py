@@ -9,4 +9,6 @@ from .gfl_losses import (  # noqa: F401
     localization_kl,
     quality_focal_loss,
 )
-from .voting_nms import cluster_nms, voting_cluster_diou_nms  # noqa: F401
+from .gmm import GMM1D, fit_gmm_1d  # noqa: F401
+from .soft_label import focal_binary_kl  # noqa: F401
+from .voting_nms import cluster_nms, paa_score_voting, voting_cluster_diou_nms  # noqa: F401

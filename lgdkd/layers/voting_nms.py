@@ -37,9 +37,10 @@ import math
 from typing import Tuple
 
 import torch
+from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
 
-__all__ = ["pairwise_iou_diou", "cluster_nms", "voting_cluster_diou_nms"]
+__all__ = ["pairwise_iou_diou", "cluster_nms", "voting_cluster_diou_nms", "paa_score_voting"]
 
 _METRICS = ("iou", "diou")
 _TINY = torch.finfo(torch.float32).tiny
@@ -279,3 +280,34 @@ def voting_cluster_diou_nms(
         (total > 0)[:, None], voted / total.clamp(min=_TINY)[:, None], sorted_boxes[kept]
     )
     return keep, voted.to(boxes.dtype)
+
+
+def paa_score_voting(
+    kept_boxes: Tensor,
+    kept_classes: Tensor,
+    cand_boxes: Tensor,
+    cand_scores: Tensor,
+    cand_classes: Tensor,
+    sigma: float = 0.025,
+    min_iou: float = 0.01,
+) -> Tensor:
+    """PAA's score voting (Kim & Lee, ECCV 2020), vectorised: each kept box becomes
+    ``sum_n p_n box_n / sum_n p_n`` over the candidates n of its class with IoU > ``min_iou``,
+    ``p_n = exp(-(1 - IoU)^2 / sigma) * score_n``; scores are unchanged. A kept box without
+    such a neighbour (weights all 0) keeps its coordinates; no detection -> no work.
+
+    Args:
+        kept_boxes, kept_classes: (D, 4), (D,) the boxes kept by NMS.
+        cand_boxes, cand_scores, cand_classes: (M, 4), (M,), (M,) the pre-NMS candidates.
+    Returns:
+        (D, 4) voted boxes.
+    """
+    if kept_boxes.numel() == 0 or cand_boxes.numel() == 0:
+        return kept_boxes
+    iou = pairwise_iou(Boxes(kept_boxes), Boxes(cand_boxes))  # (D, M)
+    same = kept_classes[:, None] == cand_classes[None, :]
+    w = torch.exp(-((1 - iou) ** 2) / sigma) * cand_scores[None, :]
+    w = torch.where(same & (iou > min_iou), w, torch.zeros_like(w))
+    total = w.sum(dim=1, keepdim=True)
+    voted = (w @ cand_boxes) / total.clamp(min=1e-12)
+    return torch.where(total > 0, voted, kept_boxes)

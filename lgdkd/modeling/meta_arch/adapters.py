@@ -103,10 +103,14 @@ class DenseDetectorAdapter(StudentAdapter):
         self, model, outputs: DetectorOutputs, assignment: Optional[Assignment] = None
     ) -> Dict[str, Tensor]:
         """``model.forward_training``; the targets its ``label_anchors`` assigned are kept in
-        ``outputs.extras["label_anchors"]``."""
+        ``outputs.extras["label_anchors"]``. An ``assignment`` whose ``extras`` hold
+        "label_anchors" (e.g. LAD's teacher targets) replaces the model's own assignment."""
         if outputs.gt_instances is None:
             raise ValueError("Training needs 'instances' in every input dict.")
         head_in = [outputs.features[f] for f in outputs.head_in_features]
+        if assignment is not None and "label_anchors" in assignment.extras:
+            # label-assignment distillation: the student trains on the assigner's targets
+            outputs.extras["label_anchors"] = assignment.extras["label_anchors"]
         with _recorded_label_anchors(model, outputs.extras):
             return model.forward_training(
                 outputs.images, head_in, outputs.predictions, outputs.gt_instances
@@ -139,9 +143,9 @@ def _recorded_label_anchors(model, store: dict):
     targets through ``label_anchors(anchors, gt_instances)`` in ``forward_training``."""
     original = model.label_anchors
 
-    def label_anchors(anchors, gt_instances):
+    def label_anchors(*args, **kwargs):
         if "label_anchors" not in store:
-            store["label_anchors"] = original(anchors, gt_instances)
+            store["label_anchors"] = original(*args, **kwargs)
         return store["label_anchors"]
 
     model.label_anchors = label_anchors

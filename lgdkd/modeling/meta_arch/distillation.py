@@ -44,7 +44,9 @@ class DistillationDetector(nn.Module):
     2. if the schedule's weight w > 0 at this iteration, or the teacher is ``trainable``:
        ``teacher(batched_inputs, student)`` (frozen teachers run without gradient); if w > 0,
        ``assigner(student, teacher)``;
-    3. ``adapter.task_losses``: the student's own detection losses;
+    3. ``adapter.task_losses``: the student's own detection losses (on the assigner's targets
+       when it supplies ``extras["label_anchors"]``), times MODEL.DISTILL.TASK_LOSS_WEIGHT
+       (not computed when 0);
     4. a trainable teacher's own losses, ``teacher.losses(student_model, adapter, student,
        teacher)``, every iteration (they train the teacher, not the student's distillation);
     5. each distiller's losses, multiplied by w. When w = 0 a distiller with
@@ -65,6 +67,7 @@ class DistillationDetector(nn.Module):
         assigner: Optional[nn.Module] = None,
         distillers: List[nn.Module] = (),
         schedule: DistillSchedule = DistillSchedule(),
+        task_loss_weight: float = 1.0,
     ):
         super().__init__()
         self.student = student
@@ -72,6 +75,7 @@ class DistillationDetector(nn.Module):
         self.assigner = assigner
         self.distillers = nn.ModuleList(distillers)
         self.schedule = schedule
+        self.task_loss_weight = task_loss_weight
         self._adapter = build_adapter(student)
 
     @classmethod
@@ -97,6 +101,8 @@ class DistillationDetector(nn.Module):
             if hasattr(d, "check_models"):
                 d.check_models(student, teacher)
         assigner = build_assigner(cfg)
+        if assigner is not None and hasattr(assigner, "check_models"):
+            assigner.check_models(student, teacher)
         if teacher is not None and hasattr(teacher, "require_predictions"):
             # an assigner may read the teacher's predictions (e.g. label assignment)
             teacher.require_predictions(
@@ -123,6 +129,7 @@ class DistillationDetector(nn.Module):
             "assigner": assigner,
             "distillers": distillers,
             "schedule": DistillSchedule.from_config(cfg),
+            "task_loss_weight": cfg.MODEL.DISTILL.TASK_LOSS_WEIGHT,
         }
 
     @property
@@ -150,7 +157,10 @@ class DistillationDetector(nn.Module):
         if weight > 0 and self.assigner is not None:
             assignment = self.assigner(student_out, teacher_out)
 
-        losses = dict(self._adapter.task_losses(self.student, student_out, assignment))
+        losses = {}
+        if self.task_loss_weight != 0:
+            task = self._adapter.task_losses(self.student, student_out, assignment)
+            losses.update({k: v * self.task_loss_weight for k, v in task.items()})
 
         def add(out):
             for k in out:
