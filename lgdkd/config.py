@@ -65,6 +65,10 @@ def _add_distill_config(cfg):
     # pure Soft-Label runs; the task losses are then not computed).
     D.TASK_LOSS_WEIGHT = 1.0
 
+    # Network that inference (evaluation, the main AP) uses: "student", or "teacher" for a
+    # teacher trained together with the student (CoLAD's second network, CoLearningTeacher).
+    D.EVAL_NETWORK = "student"
+
     D.ASSIGNER = CN()
     # Name in ASSIGNER_REGISTRY; "" means the student's own label assignment.
     D.ASSIGNER.NAME = ""

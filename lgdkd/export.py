@@ -19,7 +19,13 @@ from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 
 from .checkpoint import read_checkpoint
 
-__all__ = ["student_state_dict", "student_config", "is_stock_detectron2", "export_student"]
+__all__ = [
+    "student_state_dict",
+    "student_config",
+    "is_stock_detectron2",
+    "export_student",
+    "export_teacher",
+]
 
 PREFIX = "student."
 
@@ -94,4 +100,32 @@ def export_student(cfg, weights: str, output_dir: str) -> Tuple[str, str]:
     scfg.MODEL.WEIGHTS = os.path.abspath(w_out)
     with open(c_out, "w") as f:
         f.write(scfg.dump())
+    return w_out, c_out
+
+
+TEACHER_PREFIX = "teacher.detector."
+
+
+def export_teacher(cfg, weights: str, output_dir: str) -> Tuple[str, str]:
+    """Write the co-trained teacher of a distillation checkpoint (e.g. CoLAD's second network,
+    ``teacher.detector.*``) as ``model_teacher.pth`` + ``config_teacher.yaml`` (its own config,
+    MODEL.DISTILL.TEACHER.CONFIG_FILE + OPTS) to ``output_dir``."""
+    from .modeling.teachers.pretrained import build_teacher_config
+
+    state = read_checkpoint(weights, "checkpoint to export")
+    state = {k[len(TEACHER_PREFIX) :]: v for k, v in state.items() if k.startswith(TEACHER_PREFIX)}
+    if not state:
+        raise ValueError(
+            f"{weights} has no '{TEACHER_PREFIX}*' weights: only a teacher trained with the "
+            "student (MODEL.DISTILL.TEACHER.NAME 'CoLearningTeacher') can be exported."
+        )
+    tcfg = build_teacher_config(cfg).clone()
+    tcfg.defrost()
+    os.makedirs(output_dir, exist_ok=True)
+    w_out = os.path.join(output_dir, "model_teacher.pth")
+    c_out = os.path.join(output_dir, "config_teacher.yaml")
+    torch.save({"model": state, "__author__": "lgdkd.export"}, w_out)
+    tcfg.MODEL.WEIGHTS = os.path.abspath(w_out)
+    with open(c_out, "w") as f:
+        f.write(tcfg.dump())
     return w_out, c_out

@@ -501,3 +501,161 @@ def test_solad_and_pure_soft_label_losses(tiny_cfg, tmp_path):
         "loss_distill_soft_iou",
         "loss_distill_soft_box",
     }
+
+
+# ------------------------------------------------------------------------------------ CoLAD
+def test_colad_switch_picks_the_network_with_the_larger_std_over_mean():
+    from lgdkd.modeling.assigners.colad import colad_choose_costs
+
+    # group 0: N1 costs 1, 2, 3 (cv 0.5), N2 costs 2, 2.1, 2.2 (cv 0.048) -> N1
+    # group 1: N1 costs 4, 4, 4.1 (cv 0.014), N2 costs 1, 5, 9 (cv 0.8) -> N2
+    # group 2: one pair, N1 3.0 vs N2 2.5 -> N2 (lower mean); group 3: one pair, 1.0 vs 1.5 -> N1
+    s = torch.tensor([1.0, 2, 3, 4, 4, 4.1, 3.0, 1.0])
+    t = torch.tensor([2.0, 2.1, 2.2, 1, 5, 9, 2.5, 1.5])
+    groups = torch.tensor([7, 7, 7, 3, 3, 3, 11, 20])  # any ids
+    costs, use_t, stats = colad_choose_costs(s, t, groups)
+    assert costs.tolist() == pytest.approx([1, 2, 3, 1, 5, 9, 2.5, 1.0])
+    # unique ids sorted: 3 (N2), 7 (N1), 11 (N2), 20 (N1)
+    assert use_t.tolist() == [True, False, True, False]
+    assert stats["t_ratio"] == 0.5
+    assert stats["s_std"] == pytest.approx((1.0 + float(torch.tensor([4, 4, 4.1]).std())) / 2)
+
+
+def _colad_cfg(tiny_cfg, tmp_path):
+    tcfg = tiny_cfg("paa")
+    tcfg.MODEL.FPN.OUT_CHANNELS = 16  # a different network with the same anchors
+    (tmp_path / "n2.yaml").write_text(tcfg.dump())
+    cfg = tiny_cfg("paa")
+    cfg.MODEL.META_ARCHITECTURE = "DistillationDetector"
+    cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "PAA"
+    cfg.MODEL.DISTILL.TEACHER.NAME = "CoLearningTeacher"
+    cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(tmp_path / "n2.yaml")
+    cfg.MODEL.DISTILL.ASSIGNER.NAME = "CoLADAssigner"
+    cfg.MODEL.PAA.BOX_LOSS_IOU_WEIGHTED = False
+    return cfg
+
+
+def test_colad_step_trains_both_networks_on_one_assignment(tiny_cfg, tmp_path):
+    from detectron2.modeling import build_model
+
+    cfg = _colad_cfg(tiny_cfg, tmp_path)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    assert model.teacher.training  # trained, not frozen
+    batch = _batch(cfg, n=3, start=0)  # image 0 has no box
+    with EventStorage(0) as storage:
+        losses = model(batch)
+        latest = storage.latest()
+    assert {"loss_cls", "loss_bbox", "loss_iou", "loss_cls_t", "loss_bbox_t", "loss_iou_t"} == set(
+        losses
+    )
+    assert 0.0 <= latest["paa/colad_t_ratio"][0] <= 1.0
+    sum(losses.values()).backward()
+    assert model.student.head.bbox_pred.weight.grad.abs().sum() > 0
+    assert model.teacher.detector.head.bbox_pred.weight.grad.abs().sum() > 0
+    # the shared targets: the student's and N2's losses read the same PAATargets
+    adapter = model._adapter
+    with EventStorage(0):
+        images, gt = adapter.preprocess(model.student, batch)
+        s_out = adapter.run(model.student, images, gt)
+        t_out = model.teacher(batch, s_out)
+        assignment = model.assigner(s_out, t_out)
+    assert t_out.extras["label_anchors"] is assignment.extras["label_anchors"]
+    # with N2 = N1 (same weights, same costs) the switch keeps N1 on ties of std/mean and the
+    # shared assignment is the student's own PAA assignment
+    cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(tmp_path / "n1.yaml")
+    (tmp_path / "n1.yaml").write_text(tiny_cfg("paa").dump())
+    model = build_model(cfg)
+    model.teacher.detector.load_state_dict(model.student.state_dict())
+    model.eval()
+    with EventStorage(0):
+        images, gt = adapter.preprocess(model.student, batch)
+        s_out = adapter.run(model.student, images, gt)
+        t_out = model.teacher(batch, s_out)
+        shared = model.assigner(s_out, t_out).extras["label_anchors"]
+        own = model.student.label_anchors(
+            [s_out.features[f] for f in s_out.head_in_features], gt, s_out.predictions
+        )
+    assert torch.equal(shared.matched, own.matched)
+
+
+def test_colad_needs_a_co_learned_paa_network(tiny_cfg, tmp_path):
+    from detectron2.modeling import build_model
+
+    cfg = _lad_cfg(tiny_cfg, tmp_path, assigner="CoLADAssigner")
+    with pytest.raises(ValueError, match="CoLearningTeacher"):
+        build_model(cfg)
+    cfg = _colad_cfg(tiny_cfg, tmp_path)
+    bad = tiny_cfg("paa")
+    bad.MODEL.PAA.ANCHOR_SCALE = 6.0
+    (tmp_path / "n2.yaml").write_text(bad.dump())
+    with pytest.raises(ValueError, match="ANCHOR_SCALE"):
+        build_model(cfg)
+    cfg = _lad_cfg(tiny_cfg, tmp_path)
+    cfg.MODEL.DISTILL.EVAL_NETWORK = "teacher"
+    with pytest.raises(ValueError, match="EVAL_NETWORK"):
+        build_model(cfg)
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_paa_lad_colad_train_eval_resume_export(tiny_cfg, run_train_net, tmp_path):
+    """train_net.py: a PAA teacher; a LAD student from it (evaluated, exported, loads strictly
+    into a plain PAA); CoLAD with the student's network and a co-learned one, where --resume
+    restores both networks exactly, EVAL_NETWORK picks the evaluated one and the second
+    network exports and loads strictly too."""
+    from detectron2.modeling import build_model
+
+    from lgdkd.config import get_cfg
+    from lgdkd.export import export_student, export_teacher
+
+    tcfg = tiny_cfg("paa")
+    tcfg.SOLVER.MAX_ITER = 3
+    (tmp_path / "t.yaml").write_text(tcfg.dump())
+    run_train_net("--config-file", tmp_path / "t.yaml", "OUTPUT_DIR", tmp_path / "teacher")
+
+    cfg = tiny_cfg("paa")
+    cfg.MODEL.META_ARCHITECTURE = "DistillationDetector"
+    cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "PAA"
+    cfg.MODEL.DISTILL.TEACHER.NAME = "PretrainedTeacher"
+    cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(tmp_path / "t.yaml")
+    cfg.MODEL.DISTILL.TEACHER.WEIGHTS = str(tmp_path / "teacher" / "model_final.pth")
+    cfg.MODEL.DISTILL.ASSIGNER.NAME = "LADAssigner"
+    cfg.MODEL.PAA.BOX_LOSS_IOU_WEIGHTED = False
+    cfg.SOLVER.MAX_ITER = 3
+    (tmp_path / "lad.yaml").write_text(cfg.dump())
+    log = run_train_net("--config-file", tmp_path / "lad.yaml", "OUTPUT_DIR", tmp_path / "lad")
+    assert "copypaste" in log
+    assert "paa/positives" in (tmp_path / "lad" / "metrics.json").read_text()
+    w, c = export_student(cfg, str(tmp_path / "lad" / "model_final.pth"), str(tmp_path / "ex"))
+    scfg = get_cfg()
+    scfg.merge_from_file(c)
+    assert scfg.MODEL.META_ARCHITECTURE == "PAA"
+    build_model(scfg).load_state_dict(torch.load(w, weights_only=False)["model"], strict=True)
+
+    cfg = _colad_cfg(tiny_cfg, tmp_path)
+    cfg.MODEL.DISTILL.EVAL_NETWORK = "teacher"
+    cfg.MODEL.DISTILL.TEACHER.EVAL = True
+    cfg.SOLVER.MAX_ITER = 4
+    cfg.SOLVER.WARMUP_ITERS = 0
+    (tmp_path / "colad.yaml").write_text(cfg.dump())
+    out, resumed = tmp_path / "colad", tmp_path / "colad_resumed"
+    log = run_train_net("--config-file", tmp_path / "colad.yaml", "OUTPUT_DIR", out)
+    assert "loss_cls_t" in log and log.count("copypaste: AP,") == 2
+    run_train_net(
+        "--config-file", tmp_path / "colad.yaml", "OUTPUT_DIR", resumed, "SOLVER.MAX_ITER", 2
+    )
+    at_2 = torch.load(resumed / "model_final.pth", weights_only=False)["model"]
+    run_train_net("--config-file", tmp_path / "colad.yaml", "--resume", "OUTPUT_DIR", resumed)
+    a = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    b = torch.load(resumed / "model_final.pth", weights_only=False)["model"]
+    assert any(k.startswith("teacher.detector.") for k in a)
+    assert not [k for k in a if not torch.equal(a[k], b[k])]
+    key = "teacher.detector.head.bbox_pred.weight"
+    assert not torch.equal(at_2[key], a[key])  # the second network trains
+    w, c = export_teacher(cfg, str(out / "model_final.pth"), str(tmp_path / "ex_t"))
+    tcfg = get_cfg()
+    tcfg.merge_from_file(c)
+    assert tcfg.MODEL.FPN.OUT_CHANNELS == 16
+    build_model(tcfg).load_state_dict(torch.load(w, weights_only=False)["model"], strict=True)

@@ -36,7 +36,8 @@ def build_student(cfg) -> nn.Module:
 
 @META_ARCH_REGISTRY.register()
 class DistillationDetector(nn.Module):
-    """Trains ``student`` with its own losses plus distillation losses; infers as ``student``.
+    """Trains ``student`` with its own losses plus distillation losses; infers as ``student``
+    (or as a co-trained teacher, MODEL.DISTILL.EVAL_NETWORK).
 
     One training iteration (``forward`` in training mode):
 
@@ -68,6 +69,7 @@ class DistillationDetector(nn.Module):
         distillers: List[nn.Module] = (),
         schedule: DistillSchedule = DistillSchedule(),
         task_loss_weight: float = 1.0,
+        eval_network: str = "student",
     ):
         super().__init__()
         self.student = student
@@ -76,6 +78,17 @@ class DistillationDetector(nn.Module):
         self.distillers = nn.ModuleList(distillers)
         self.schedule = schedule
         self.task_loss_weight = task_loss_weight
+        if eval_network not in ("student", "teacher"):
+            raise ValueError(
+                f"MODEL.DISTILL.EVAL_NETWORK = {eval_network!r}; valid: student, teacher"
+            )
+        if eval_network == "teacher" and not getattr(teacher, "trainable", False):
+            raise ValueError(
+                "MODEL.DISTILL.EVAL_NETWORK 'teacher' needs a teacher trained with the student "
+                "(e.g. MODEL.DISTILL.TEACHER.NAME 'CoLearningTeacher'); a frozen teacher is "
+                "evaluated with MODEL.DISTILL.TEACHER.EVAL."
+            )
+        self.eval_network = eval_network
         self._adapter = build_adapter(student)
 
     @classmethod
@@ -130,6 +143,7 @@ class DistillationDetector(nn.Module):
             "distillers": distillers,
             "schedule": DistillSchedule.from_config(cfg),
             "task_loss_weight": cfg.MODEL.DISTILL.TASK_LOSS_WEIGHT,
+            "eval_network": cfg.MODEL.DISTILL.EVAL_NETWORK,
         }
 
     @property
@@ -144,6 +158,8 @@ class DistillationDetector(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
+            if self.eval_network == "teacher":
+                return self.teacher.detector_for_evaluation(student=self.student)(batched_inputs)
             return self.student(batched_inputs)
         iteration = get_event_storage().iter
         weight = self.schedule.distill_weight(iteration)
