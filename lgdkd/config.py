@@ -61,6 +61,10 @@ def _add_distill_config(cfg):
     # Frozen teachers have no parameter in the optimizer.
     D.TEACHER.LR_FACTOR = 1.0
 
+    # A trained detector checkpoint loaded strictly into the student when it is built (before
+    # MODEL.WEIGHTS, which should then be ""; --resume overrides both), e.g. CoLAD's first
+    # network started from a trained PAA. "" = no such initialisation.
+    D.STUDENT_INIT_WEIGHTS = ""
     # Weight of the student's own detection losses (0: distillation losses only, e.g. LAD's
     # pure Soft-Label runs; the task losses are then not computed).
     D.TASK_LOSS_WEIGHT = 1.0

@@ -50,6 +50,16 @@ def test_config_loads_and_builds(path, tmp_path, monkeypatch):
         weights = str(tmp_path / "teacher.pth")
         torch.save({"model": build_model(tcfg).state_dict()}, weights)
         cfg.MODEL.DISTILL.TEACHER.WEIGHTS = weights
+    if teacher.NAME == "CoLearningTeacher":
+        # its ImageNet weights (pretrained_backbones/*.pkl) need a conversion: skip them here
+        assert os.path.isfile(os.path.join(ROOT, teacher.CONFIG_FILE)), teacher.CONFIG_FILE
+        cfg.MODEL.DISTILL.TEACHER.OPTS = ["MODEL.WEIGHTS", ""]
+    if cfg.MODEL.DISTILL.STUDENT_INIT_WEIGHTS:
+        from lgdkd.modeling.meta_arch.distillation import build_student
+
+        weights = str(tmp_path / "student_init.pth")
+        torch.save({"model": build_student(cfg).state_dict()}, weights)
+        cfg.MODEL.DISTILL.STUDENT_INIT_WEIGHTS = weights
     model = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params > 0

@@ -9,6 +9,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ...checkpoint import load_strict
 from ..assigners.build import build_assigner
 from ..distillers.build import build_distillers
 from ..registry_utils import get_from_registry
@@ -94,6 +95,15 @@ class DistillationDetector(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         student = build_student(cfg)
+        init = cfg.MODEL.DISTILL.STUDENT_INIT_WEIGHTS
+        if init:
+            load_strict(
+                student,
+                init,
+                what="student initial weights (MODEL.DISTILL.STUDENT_INIT_WEIGHTS)",
+                strip_prefix="student.",
+            )
+            logger.info(f"Student initialised from {init}")
         adapter = build_adapter(student)
         student_shape = student.backbone.output_shape()
         teacher = build_teacher(cfg, student, student_shape)

@@ -1,0 +1,64 @@
+"""PAA baseline vs LAD vs SoLAD vs CoLAD on DeepForest: trains the PAA teacher (once), then each
+student for several seeds, evaluates every run and prints a markdown table of mean and spread
+of AP / AP50 / AP75 (also written to OUTPUT/summary.md).
+
+    python projects/LAD/deepforest_seeds.py
+    python projects/LAD/deepforest_seeds.py --seeds 1 2 3 --output output/LAD/DeepForest
+    python projects/LAD/deepforest_seeds.py --methods baseline lad   # a subset
+
+Finished runs are not repeated, so the script can be stopped and started again.
+"""
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+from seed_runs import seed_table  # noqa: E402
+
+CONFIGS = os.path.join(ROOT, "configs", "LAD", "DeepForest")
+TEACHER = os.path.join(CONFIGS, "paa_EffLite0_teacher.yaml")
+METHODS = {
+    "baseline": "paa_EffLite0.yaml",
+    "lad": "paa_EffLite0_lad.yaml",
+    "solad": "paa_EffLite0_solad.yaml",
+    "colad": "paa_EffLite0_colad.yaml",
+    "softlabel": "paa_EffLite0_softlabel.yaml",
+}
+NEEDS_TEACHER = ("lad", "solad", "softlabel")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--teacher-seed", type=int, default=1)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=sorted(METHODS),
+        default=["baseline", "lad", "solad", "colad"],
+    )
+    p.add_argument("--output", default=os.path.join(ROOT, "output", "LAD", "DeepForest"))
+    args = p.parse_args(argv)
+    text = ""
+    opts = {}
+    if any(m in NEEDS_TEACHER for m in args.methods):
+        teacher_table = seed_table([TEACHER], [args.teacher_seed], args.output, tag="lad-seeds")
+        text += f"teacher\n\n{teacher_table}\n\n"
+        weights = os.path.join(
+            args.output, "paa_EffLite0_teacher", f"seed{args.teacher_seed}", "model_final.pth"
+        )
+        for m in NEEDS_TEACHER:
+            opts[os.path.join(CONFIGS, METHODS[m])] = ["MODEL.DISTILL.TEACHER.WEIGHTS", weights]
+    students = [os.path.join(CONFIGS, METHODS[m]) for m in args.methods]
+    table = seed_table(students, args.seeds, args.output, opts, tag="lad-seeds")
+    text += f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
+    print(text)
+    with open(os.path.join(args.output, "summary.md"), "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
