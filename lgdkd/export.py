@@ -93,13 +93,18 @@ def export_student(cfg, weights: str, output_dir: str) -> Tuple[str, str]:
     """
     state = student_state_dict(read_checkpoint(weights, "checkpoint to export"))
     scfg = student_config(cfg)
+    return _write(state, scfg, output_dir, "student")
+
+
+def _write(state, cfg, output_dir: str, name: str) -> Tuple[str, str]:
+    """model_<name>.pth (``state``) + config_<name>.yaml (``cfg`` pointing at it)."""
     os.makedirs(output_dir, exist_ok=True)
-    w_out = os.path.join(output_dir, "model_student.pth")
-    c_out = os.path.join(output_dir, "config_student.yaml")
+    w_out = os.path.join(output_dir, f"model_{name}.pth")
+    c_out = os.path.join(output_dir, f"config_{name}.yaml")
     torch.save({"model": state, "__author__": "lgdkd.export"}, w_out)
-    scfg.MODEL.WEIGHTS = os.path.abspath(w_out)
+    cfg.MODEL.WEIGHTS = os.path.abspath(w_out)
     with open(c_out, "w") as f:
-        f.write(scfg.dump())
+        f.write(cfg.dump())
     return w_out, c_out
 
 
@@ -121,11 +126,4 @@ def export_teacher(cfg, weights: str, output_dir: str) -> Tuple[str, str]:
         )
     tcfg = build_teacher_config(cfg).clone()
     tcfg.defrost()
-    os.makedirs(output_dir, exist_ok=True)
-    w_out = os.path.join(output_dir, "model_teacher.pth")
-    c_out = os.path.join(output_dir, "config_teacher.yaml")
-    torch.save({"model": state, "__author__": "lgdkd.export"}, w_out)
-    tcfg.MODEL.WEIGHTS = os.path.abspath(w_out)
-    with open(c_out, "w") as f:
-        f.write(tcfg.dump())
-    return w_out, c_out
+    return _write(state, tcfg, output_dir, "teacher")

@@ -218,6 +218,20 @@ def tiny_cfg(toy_datasets, tmp_path):
     return make
 
 
+def toy_batch(cfg, n=4, start=0):
+    """Training inputs of images ``start .. start + n`` of DATASETS.TRAIN[0], resized to a
+    short side of 96 (max 128), in the config's INPUT.FORMAT (no random augmentation)."""
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.data import transforms as T
+
+    mapper = DatasetMapper(
+        is_train=True,
+        augmentations=[T.ResizeShortestEdge(96, 128)],
+        image_format=cfg.INPUT.FORMAT,
+    )
+    return [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[start : start + n]]
+
+
 @pytest.fixture
 def run_train_net(tmp_path):
     """Run ``train_net.py *args`` in a subprocess (cwd ``tmp_path``); return its output.

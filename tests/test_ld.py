@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, toy_batch
 
 import lgdkd.modeling  # noqa: F401
 from lgdkd.modeling.assigners.atss import (
@@ -171,18 +171,6 @@ def test_top_block_variants(tiny_cfg):
 
 
 # ---------------------------------------------------------------------------------------- GFL
-def _batch(cfg, n=4, start=0):
-    from detectron2.data import DatasetCatalog, DatasetMapper
-    from detectron2.data import transforms as T
-
-    mapper = DatasetMapper(
-        is_train=True,
-        augmentations=[T.ResizeShortestEdge(96, 128)],
-        image_format=cfg.INPUT.FORMAT,
-    )
-    return [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[start : start + n]]
-
-
 def _gfl(cfg):
     from detectron2.modeling import build_model
 
@@ -198,7 +186,7 @@ def test_gfl_losses_equal_the_formulas(tiny_cfg):
 
     cfg = tiny_cfg("gfl")
     model = _gfl(cfg)
-    batch = _batch(cfg)
+    batch = toy_batch(cfg)
     with EventStorage(0):
         images = model.preprocess_image(batch)
         feats = model.backbone(images.tensor)
@@ -263,7 +251,7 @@ def test_gfl_v2_and_voting_inference(tiny_cfg):
     cfg.MODEL.GFL.DGQP = True
     cfg.MODEL.GFL.NMS_TYPE = "voting_cluster_diou"
     model = _gfl(cfg)
-    batch = _batch(cfg)
+    batch = toy_batch(cfg)
     with EventStorage(0):
         losses = model(batch)
     assert set(losses) == {"loss_qfl", "loss_bbox", "loss_dfl"}
@@ -286,7 +274,7 @@ def test_gfl_image_without_boxes(tiny_cfg):
 
     cfg = tiny_cfg("gfl")
     model = _gfl(cfg)
-    batch = _batch(cfg, n=1)  # toy image 0 has no object
+    batch = toy_batch(cfg, n=1)  # toy image 0 has no object
     assert len(batch[0]["instances"]) == 0
     with EventStorage(0):
         losses = model(batch)
@@ -335,7 +323,7 @@ def _outputs(model, batch):
 def test_ld_is_zero_when_the_teacher_equals_the_student(tiny_cfg, tmp_path):
     cfg = _ld_cfg(tiny_cfg, tmp_path)
     model = _gfl(cfg)
-    student, teacher = _outputs(model, _batch(cfg))
+    student, teacher = _outputs(model, toy_batch(cfg))
     losses = model.distillers[0](student, teacher)
     assert set(losses) == {
         "loss_distill_ld",
@@ -353,7 +341,7 @@ def test_ld_main_term_equals_the_official_sum(tiny_cfg, tmp_path):
     cfg = _ld_cfg(tiny_cfg, tmp_path)
     cfg.MODEL.DISTILL.LD.NORM = "legacy"
     model = _gfl(cfg)
-    student, teacher = _outputs(model, _batch(cfg))
+    student, teacher = _outputs(model, toy_batch(cfg))
     got = model.distillers[0](student, teacher)["loss_distill_ld"]
     flat_s = model.student.flatten_predictions(student.predictions)
     flat_t = model.student.flatten_predictions(teacher.predictions)
@@ -535,7 +523,7 @@ def test_ld_composes_with_main_region_feature_imitation(tiny_cfg, tmp_path):
     cfg.MODEL.DISTILL.FEATURE_MIMIC.MASK = "assigner"
     cfg.MODEL.DISTILL.FEATURE_MIMIC.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
     model = _gfl(cfg)
-    batch = _batch(cfg)
+    batch = toy_batch(cfg)
     with EventStorage(0):
         losses = model(batch)
     assert losses["loss_distill_feature_mimic"] > 0 and losses["loss_distill_ld"] > 0
@@ -552,7 +540,7 @@ def test_ld_composes_with_main_region_feature_imitation(tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_gfl_fits_a_small_batch(tiny_cfg):
+def test_gfl_fits_a_smalltoy_batch(tiny_cfg):
     """Training and inference agree: after 40 steps on 3 toy images every object is found once,
     with a confident score and a tight box."""
     from detectron2.structures import pairwise_iou
@@ -563,7 +551,7 @@ def test_gfl_fits_a_small_batch(tiny_cfg):
     cfg.MODEL.GFL.NORM = "GN"
     cfg.MODEL.GFL.NUM_CONVS = 2
     model = _gfl(cfg)
-    batch = _batch(cfg, n=3, start=1)
+    batch = toy_batch(cfg, n=3, start=1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for it in range(40):
         with EventStorage(it):

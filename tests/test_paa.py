@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import toy_batch
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from sklearn import mixture as sklearn_mixture  # a test requirement (requirements.txt)
@@ -257,18 +258,6 @@ def _paa(cfg):
     return build_model(cfg)
 
 
-def _batch(cfg, n=4, start=0):
-    from detectron2.data import DatasetCatalog, DatasetMapper
-    from detectron2.data import transforms as T
-
-    mapper = DatasetMapper(
-        is_train=True,
-        augmentations=[T.ResizeShortestEdge(96, 128)],
-        image_format=cfg.INPUT.FORMAT,
-    )
-    return [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[start : start + n]]
-
-
 def test_paa_losses_equal_the_formulas(tiny_cfg):
     """Focal / max(P, N), IoU-weighted GIoU / sum IoU (or GIoU / P) and IoU BCE / P recomputed
     from the recorded targets."""
@@ -279,7 +268,7 @@ def test_paa_losses_equal_the_formulas(tiny_cfg):
     cfg = tiny_cfg("paa")
     model = _paa(cfg)
     model.train()
-    batch = _batch(cfg)
+    batch = toy_batch(cfg)
     images = model.preprocess_image(batch)
     gt = [x["instances"] for x in batch]
     feats = model.backbone(images.tensor)
@@ -314,7 +303,7 @@ def test_paa_losses_equal_the_formulas(tiny_cfg):
 def test_paa_image_without_boxes_and_inference(tiny_cfg):
     cfg = tiny_cfg("paa")
     model = _paa(cfg)
-    batch = _batch(cfg, n=1, start=0)  # toy image 0 has no object
+    batch = toy_batch(cfg, n=1, start=0)  # toy image 0 has no object
     assert len(batch[0]["instances"]) == 0
     model.train()
     with EventStorage(0):
@@ -325,7 +314,7 @@ def test_paa_image_without_boxes_and_inference(tiny_cfg):
     assert model.head.bbox_pred.weight.grad is not None
     model.eval()
     with torch.no_grad():
-        out = model(_batch(cfg, n=2, start=1))
+        out = model(toy_batch(cfg, n=2, start=1))
     inst = out[0]["instances"]
     assert len(inst) > 0 and len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
     s = inst.scores
@@ -389,7 +378,7 @@ def test_lad_with_the_student_as_teacher_gives_the_students_own_targets(tiny_cfg
     model = build_model(cfg)
     model.student.load_state_dict(torch.load(tmp_path / "teacher.pth")["model"])
     model.eval()  # the tiny backbone has BatchNorm: the (eval-mode) teacher's statistics
-    batch = _batch(cfg)
+    batch = toy_batch(cfg)
     adapter = model._adapter
     with EventStorage(0):
         images, gt = adapter.preprocess(model.student, batch)
@@ -415,7 +404,7 @@ def test_lad_student_trains_on_the_teachers_targets(tiny_cfg, tmp_path):
     cfg = _lad_cfg(tiny_cfg, tmp_path)
     model = build_model(cfg)
     model.train()
-    batch = _batch(cfg, n=3, start=0)
+    batch = toy_batch(cfg, n=3, start=0)
     with EventStorage(0):
         losses = model(batch)
     assert set(losses) == {"loss_cls", "loss_bbox", "loss_iou"}
@@ -463,7 +452,7 @@ def test_soft_label_is_zero_when_the_teacher_equals_the_student(tiny_cfg, tmp_pa
     cfg = _lad_cfg(tiny_cfg, tmp_path, assigner="", distillers=["SoftLabelDistiller"])
     model = build_model(cfg)
     model.train()
-    batch = _batch(cfg)
+    batch = toy_batch(cfg)
     adapter = model._adapter
     with EventStorage(0):
         images, gt = adapter.preprocess(model.student, batch)
@@ -488,14 +477,14 @@ def test_solad_and_pure_soft_label_losses(tiny_cfg, tmp_path):
     model = build_model(cfg)
     model.train()
     with EventStorage(0):
-        losses = model(_batch(cfg))
+        losses = model(toy_batch(cfg))
     assert {"loss_cls", "loss_bbox", "loss_iou", "loss_distill_soft_cls"} <= set(losses)
     cfg.MODEL.DISTILL.ASSIGNER.NAME = ""
     cfg.MODEL.DISTILL.TASK_LOSS_WEIGHT = 0.0
     model = build_model(cfg)
     model.train()
     with EventStorage(0):
-        losses = model(_batch(cfg))
+        losses = model(toy_batch(cfg))
     assert set(losses) == {
         "loss_distill_soft_cls",
         "loss_distill_soft_iou",
@@ -543,7 +532,7 @@ def test_colad_step_trains_both_networks_on_one_assignment(tiny_cfg, tmp_path):
     model = build_model(cfg)
     model.train()
     assert model.teacher.training  # trained, not frozen
-    batch = _batch(cfg, n=3, start=0)  # image 0 has no box
+    batch = toy_batch(cfg, n=3, start=0)  # image 0 has no box
     with EventStorage(0) as storage:
         losses = model(batch)
         latest = storage.latest()

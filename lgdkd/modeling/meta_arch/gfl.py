@@ -67,6 +67,47 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def shared_head_channels(input_shape: List[ShapeSpec], head: str) -> int:
+    """The one channel count of the levels a shared head runs on."""
+    channels = sorted({s.channels for s in input_shape})
+    if len(channels) != 1:
+        raise ValueError(f"{head} shares its towers across levels; the levels have {channels}")
+    return channels[0]
+
+
+def conv_tower(channels: int, num_convs: int, norm: str, bias: bool) -> nn.Sequential:
+    """num_convs x [conv3x3 (bias as given), norm (if any), ReLU], PyTorch's default init
+    (see :func:`init_convs_normal`)."""
+    layers = []
+    for _ in range(num_convs):
+        layers += [
+            nn.Conv2d(channels, channels, 3, padding=1, bias=bias),
+            *([get_norm(norm, channels)] if norm else []),
+            nn.ReLU(),
+        ]
+    return nn.Sequential(*layers)
+
+
+def init_convs_normal(*modules: nn.Module) -> None:
+    """Every Conv2d inside ``modules``: weights N(0, 0.01), bias 0 (in module order)."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
+def check_head_features(cfg, key: str, features: List[str], shapes) -> None:
+    """Refuse head levels (config ``key``) the backbone does not produce."""
+    missing = [f for f in features if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"{key} {missing} are not outputs of the backbone {cfg.MODEL.BACKBONE.NAME} "
+            f"(it has {sorted(shapes)})"
+        )
+
+
 class GFLHead(nn.Module):
     """Shared GFocal head; see the module docstring for its outputs."""
 
@@ -84,36 +125,14 @@ class GFLHead(nn.Module):
         dgqp_add_mean: bool = True,
     ):
         super().__init__()
-        channels = sorted({s.channels for s in input_shape})
-        if len(channels) != 1:
-            raise ValueError(
-                f"GFLHead shares its towers across levels; the levels have channels {channels}"
-            )
-        c = channels[0]
+        c = shared_head_channels(input_shape, "GFLHead")
         self.num_classes, self.reg_max = num_classes, reg_max
-
-        def tower():
-            layers = []
-            for _ in range(num_convs):
-                layers += [
-                    nn.Conv2d(c, c, 3, padding=1, bias=not norm),
-                    *([get_norm(norm, c)] if norm else []),
-                    nn.ReLU(),
-                ]
-            return nn.Sequential(*layers)
-
-        self.cls_subnet, self.bbox_subnet = tower(), tower()
+        self.cls_subnet = conv_tower(c, num_convs, norm, bias=not norm)
+        self.bbox_subnet = conv_tower(c, num_convs, norm, bias=not norm)
         self.cls_score = nn.Conv2d(c, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(c, 4 * (reg_max + 1), 3, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in input_shape])
-        for m in [*self.cls_subnet.modules(), *self.bbox_subnet.modules()]:
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        for conv in (self.cls_score, self.bbox_pred):
-            nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
+        init_convs_normal(self.cls_subnet, self.bbox_subnet, self.cls_score, self.bbox_pred)
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
         self.dgqp = dgqp
         if dgqp:
@@ -245,12 +264,7 @@ class GFL(DenseDetector):
         backbone = build_backbone(cfg)
         g = cfg.MODEL.GFL
         shapes = backbone.output_shape()
-        missing = [f for f in g.IN_FEATURES if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.GFL.IN_FEATURES {missing} are not outputs of the backbone "
-                f"{cfg.MODEL.BACKBONE.NAME} (it has {sorted(shapes)})"
-            )
+        check_head_features(cfg, "MODEL.GFL.IN_FEATURES", g.IN_FEATURES, shapes)
         if g.REG_MAX < 1:
             raise ValueError(f"MODEL.GFL.REG_MAX must be >= 1, got {g.REG_MAX}")
         head = GFLHead(

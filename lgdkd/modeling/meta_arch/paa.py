@@ -31,7 +31,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms, cat, get_norm
+from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -44,7 +44,14 @@ from ...layers import paa_score_voting
 from ...utils.dist import mean_over_workers
 from ..assigners.atss import grid_anchors, valid_anchor_mask
 from ..assigners.paa import PAATargets, paa_assign
-from .gfl import Scale, aligned_iou
+from .gfl import (
+    Scale,
+    aligned_iou,
+    check_head_features,
+    conv_tower,
+    init_convs_normal,
+    shared_head_channels,
+)
 
 __all__ = ["PAA", "PAAHead", "check_same_anchor_layout"]
 
@@ -64,34 +71,17 @@ class PAAHead(nn.Module):
         conv_bias: bool = False,
     ):
         super().__init__()
-        channels = sorted({s.channels for s in input_shape})
-        if len(channels) != 1:
-            raise ValueError(
-                f"PAAHead shares its towers across levels; the levels have channels {channels}"
-            )
-        c = channels[0]
+        c = shared_head_channels(input_shape, "PAAHead")
         self.num_classes = num_classes
-
-        def tower():
-            layers = []
-            for _ in range(num_convs):
-                layers += [
-                    nn.Conv2d(c, c, 3, padding=1, bias=conv_bias or not norm),
-                    *([get_norm(norm, c)] if norm else []),
-                    nn.ReLU(),
-                ]
-            return nn.Sequential(*layers)
-
-        self.cls_subnet, self.bbox_subnet = tower(), tower()
+        self.cls_subnet = conv_tower(c, num_convs, norm, bias=conv_bias or not norm)
+        self.bbox_subnet = conv_tower(c, num_convs, norm, bias=conv_bias or not norm)
         self.cls_score = nn.Conv2d(c, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(c, 4, 3, padding=1)
         self.iou_pred = nn.Conv2d(c, 1, 3, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in input_shape])
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_convs_normal(
+            self.cls_subnet, self.bbox_subnet, self.cls_score, self.bbox_pred, self.iou_pred
+        )
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, features: List[Tensor]):
@@ -220,12 +210,7 @@ class PAA(DenseDetector):
         backbone = build_backbone(cfg)
         p = cfg.MODEL.PAA
         shapes = backbone.output_shape()
-        missing = [f for f in p.IN_FEATURES if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.PAA.IN_FEATURES {missing} are not outputs of the backbone "
-                f"{cfg.MODEL.BACKBONE.NAME} (it has {sorted(shapes)})"
-            )
+        check_head_features(cfg, "MODEL.PAA.IN_FEATURES", p.IN_FEATURES, shapes)
         if len(p.BBOX_REG_WEIGHTS) != 4:
             raise ValueError(f"MODEL.PAA.BBOX_REG_WEIGHTS needs 4 values, got {p.BBOX_REG_WEIGHTS}")
         head = PAAHead(

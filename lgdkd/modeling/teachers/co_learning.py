@@ -9,7 +9,7 @@ from torch import nn
 from ...checkpoint import load_strict
 from ..meta_arch.adapters import build_adapter, num_classes_of
 from .build import TEACHER_REGISTRY
-from .pretrained import build_teacher_config
+from .pretrained import build_teacher_config, channels_reversed, run_on_student_batch
 
 __all__ = ["CoLearningTeacher"]
 
@@ -53,13 +53,7 @@ class CoLearningTeacher(nn.Module):
             logger.info(f"Co-learned network initialised from {tcfg.MODEL.WEIGHTS}")
         self._adapter = build_adapter(self.detector)
         self.num_classes = num_classes_of(self.detector)
-        s_fmt, t_fmt = cfg.INPUT.FORMAT, tcfg.INPUT.FORMAT
-        if s_fmt != t_fmt and {s_fmt, t_fmt} != {"RGB", "BGR"}:
-            raise ValueError(
-                f"The co-learned network expects INPUT.FORMAT {t_fmt!r} but the student's "
-                f"images are {s_fmt!r}; only RGB <-> BGR can be converted on the fly."
-            )
-        self._reverse_channels = s_fmt != t_fmt
+        self._reverse_channels = channels_reversed(cfg, tcfg)
         self.config_file = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
 
     def output_shape(self):
@@ -72,16 +66,9 @@ class CoLearningTeacher(nn.Module):
         return self.detector
 
     def forward(self, batched_inputs, student):
-        if self._reverse_channels:
-            batched_inputs = [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
-        images, gt = self._adapter.preprocess(self.detector, batched_inputs)
-        if student is not None and images.tensor.shape[-2:] != student.images.tensor.shape[-2:]:
-            raise ValueError(
-                f"Co-learned network input {tuple(images.tensor.shape[-2:])} and student input "
-                f"{tuple(student.images.tensor.shape[-2:])} differ after padding: their "
-                "backbones' size_divisibility differ."
-            )
-        return self._adapter.run(self.detector, images, gt)
+        return run_on_student_batch(
+            self._adapter, self.detector, batched_inputs, student, self._reverse_channels
+        )
 
     def losses(self, student_model, adapter, student, teacher):
         out = self._adapter.task_losses(self.detector, teacher)

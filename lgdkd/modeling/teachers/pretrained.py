@@ -10,7 +10,12 @@ from ...checkpoint import load_strict
 from ..meta_arch.adapters import build_adapter, num_classes_of
 from .build import TEACHER_REGISTRY
 
-__all__ = ["PretrainedTeacher", "build_teacher_config"]
+__all__ = [
+    "PretrainedTeacher",
+    "build_teacher_config",
+    "channels_reversed",
+    "run_on_student_batch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +77,7 @@ class PretrainedTeacher(nn.Module):
         self.detector.eval()
         self._adapter = build_adapter(self.detector)
         self.num_classes = num_classes_of(self.detector)
-        # the data loader decodes images in the student's INPUT.FORMAT
-        s_fmt, t_fmt = cfg.INPUT.FORMAT, tcfg.INPUT.FORMAT
-        if s_fmt != t_fmt and {s_fmt, t_fmt} != {"RGB", "BGR"}:
-            raise ValueError(
-                f"The teacher expects INPUT.FORMAT {t_fmt!r} but the student's images are "
-                f"{s_fmt!r}; only RGB <-> BGR can be converted on the fly."
-            )
-        self._reverse_channels = s_fmt != t_fmt
+        self._reverse_channels = channels_reversed(cfg, tcfg)
         # set by the meta-architecture once the distillers are known (see require_predictions)
         self._with_head = True
         self.config_file = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
@@ -100,14 +98,39 @@ class PretrainedTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, batched_inputs, student):
-        if self._reverse_channels:
-            batched_inputs = [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
-        images, gt = self._adapter.preprocess(self.detector, batched_inputs)
-        if student is not None and images.tensor.shape[-2:] != student.images.tensor.shape[-2:]:
-            raise ValueError(
-                f"Teacher input {tuple(images.tensor.shape[-2:])} and student input "
-                f"{tuple(student.images.tensor.shape[-2:])} differ after padding: the teacher's "
-                "backbone size_divisibility differs from the student's, so their feature maps "
-                "cannot be aligned."
-            )
-        return self._adapter.run(self.detector, images, gt, with_head=self._with_head)
+        return run_on_student_batch(
+            self._adapter,
+            self.detector,
+            batched_inputs,
+            student,
+            self._reverse_channels,
+            with_head=self._with_head,
+        )
+
+
+def channels_reversed(cfg, tcfg) -> bool:
+    """Whether the teacher (config ``tcfg``) needs the student's images (decoded in the
+    student's INPUT.FORMAT) with the channels reversed; other format pairs are refused."""
+    s_fmt, t_fmt = cfg.INPUT.FORMAT, tcfg.INPUT.FORMAT
+    if s_fmt != t_fmt and {s_fmt, t_fmt} != {"RGB", "BGR"}:
+        raise ValueError(
+            f"The teacher expects INPUT.FORMAT {t_fmt!r} but the student's images are "
+            f"{s_fmt!r}; only RGB <-> BGR can be converted on the fly."
+        )
+    return s_fmt != t_fmt
+
+
+def run_on_student_batch(adapter, detector, batched_inputs, student, reverse, with_head=True):
+    """``detector`` on the student's batch (its own preprocessing, channels reversed if
+    ``reverse``); refuses a padded size other than the student's."""
+    if reverse:
+        batched_inputs = [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
+    images, gt = adapter.preprocess(detector, batched_inputs)
+    if student is not None and images.tensor.shape[-2:] != student.images.tensor.shape[-2:]:
+        raise ValueError(
+            f"Teacher input {tuple(images.tensor.shape[-2:])} and student input "
+            f"{tuple(student.images.tensor.shape[-2:])} differ after padding: the teacher's "
+            "backbone size_divisibility differs from the student's, so their feature maps "
+            "cannot be aligned."
+        )
+    return adapter.run(detector, images, gt, with_head=with_head)
