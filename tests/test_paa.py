@@ -648,3 +648,21 @@ def test_paa_lad_colad_train_eval_resume_export(tiny_cfg, run_train_net, tmp_pat
     tcfg.merge_from_file(c)
     assert tcfg.MODEL.FPN.OUT_CHANNELS == 16
     build_model(tcfg).load_state_dict(torch.load(w, weights_only=False)["model"], strict=True)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("MODEL.PAA.SPLIT_RULE", "sklearn", "SPLIT_RULE"),
+        ("MODEL.PAA.LOW_QUALITY", "none", "LOW_QUALITY"),
+        ("MODEL.PAA.IN_FEATURES", ["p3", "p9"], "IN_FEATURES"),
+        ("MODEL.PAA.BBOX_REG_WEIGHTS", (1.0, 1.0), "BBOX_REG_WEIGHTS"),
+    ],
+)
+def test_bad_paa_keys_are_explained(tiny_cfg, key, value, message):
+    from detectron2.modeling import build_model
+
+    cfg = tiny_cfg("paa")
+    cfg.merge_from_list([key, value])
+    with pytest.raises(ValueError, match=message):
+        build_model(cfg)
