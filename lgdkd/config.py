@@ -173,6 +173,9 @@ def _add_distill_config(cfg):
     # Classification KD on the positives: softmax KL over the classes at temperature KD_T.
     L.KD_WEIGHT = 10.0
     L.KD_TEMPERATURE = 2.0
+    # "softmax" over the classes (the LD code; identically 0 with one class, so refused there)
+    # or "sigmoid": a binary KL per class (not in the LD code; what one-class data sets need).
+    L.KD_ACTIVATION = "softmax"
     # Classification KD on the VLR (the LD code computes it and multiplies it by 0).
     L.KD_VLR_WEIGHT = 0.0
     # How the LD sums are normalised:

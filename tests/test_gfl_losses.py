@@ -402,3 +402,21 @@ def test_localization_kl_half_and_errors():
         localization_kl(_BIN_LOGITS, _BIN_LOGITS_2[:, :7], 2.0)
     with pytest.raises(ValueError, match="student_logits"):
         class_kd_kl(_BIN_LOGITS.reshape(-1), _BIN_LOGITS_2.reshape(-1), 2.0)
+
+
+def test_class_kd_kl_sigmoid_matches_reference_and_works_with_one_class():
+    temperature = 2.0
+    s, t = _QFL_LOGITS, _QFL_LOGITS.flip(0)
+    got = class_kd_kl(s, t, temperature, activation="sigmoid")
+    ps = 1.0 / (1.0 + np.exp(-t.double().numpy() / temperature))
+    qs = 1.0 / (1.0 + np.exp(-s.double().numpy() / temperature))
+    kl = ps * np.log(ps / qs) + (1 - ps) * np.log((1 - ps) / (1 - qs))
+    np.testing.assert_allclose(got.numpy(), temperature**2 * kl.mean(axis=1), rtol=1e-5)
+    # one class: the official softmax KD is identically 0, the binary KL is not
+    one_s, one_t = s[:, :1], t[:, :1]
+    assert torch.equal(class_kd_kl(one_s, one_t, temperature), torch.zeros(len(s)))
+    binary = class_kd_kl(one_s, one_t, temperature, activation="sigmoid")
+    assert (binary[(one_s != one_t).squeeze(1)] > 0).all()
+    assert torch.equal(class_kd_kl(one_s, one_s, temperature, "sigmoid"), torch.zeros(len(s)))
+    with pytest.raises(ValueError, match="activation"):
+        class_kd_kl(s, t, temperature, activation="softplus")

@@ -569,3 +569,32 @@ def test_gfl_fits_a_smalltoy_batch(tiny_cfg):
         iou = pairwise_iou(gt.gt_boxes, found.pred_boxes)
         assert (iou.max(dim=1).values > 0.8).all(), iou
         assert torch.equal(found.pred_classes[iou.argmax(dim=1)], gt.gt_classes)
+
+
+def test_one_class_softmax_kd_is_refused(tmp_path, monkeypatch):
+    """DeepForest has one class: LD's softmax KD would be 0 on every image."""
+    from detectron2.modeling import build_model
+
+    from lgdkd.config import get_cfg
+    from lgdkd.data import apply_num_classes, register_datasets_from_cfg
+    from lgdkd.modeling.teachers.pretrained import build_teacher_config
+
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs/LD/DeepForest/gfl_EffLite0_ld_kd.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.TIMM.PRETRAINED = ""
+    register_datasets_from_cfg(cfg, check=False)
+    apply_num_classes(cfg)
+    assert cfg.MODEL.GFL.NUM_CLASSES == 1
+    tcfg = build_teacher_config(cfg)
+    torch.save({"model": build_model(tcfg).state_dict()}, tmp_path / "t.pth")
+    cfg.MODEL.DISTILL.TEACHER.WEIGHTS = str(tmp_path / "t.pth")
+    model = build_model(cfg)  # sigmoid KD builds
+    assert "loss_distill_kd" in model.distillers[0].loss_names
+    cfg.MODEL.DISTILL.LD.KD_ACTIVATION = "softmax"
+    with pytest.raises(ValueError, match="KD_WEIGHT = 10 on a one-class detector.*'sigmoid'"):
+        build_model(cfg)
+    cfg.MODEL.DISTILL.LD.KD_ACTIVATION = "tanh"
+    with pytest.raises(ValueError, match="KD_ACTIVATION"):
+        build_model(cfg)

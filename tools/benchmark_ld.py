@@ -5,7 +5,8 @@ on one fixed batch (DeepForest configs of configs/LD/DeepForest).
     python tools/benchmark_ld.py --device cuda --rounds 5
 
 Models: the plain student (gfl_EffLite0.yaml); LD with the main region only (Main LD;
-MMDetection's LDHead); LD with the LD repository's default terms (Main LD + VLR LD + Main KD).
+MMDetection's LDHead); Main LD + VLR LD (gfl_EffLite0_ld.yaml); and with Main KD added
+(gfl_EffLite0_ld_kd.yaml: a binary KD, since the data set has one class).
 The teacher is the config's teacher architecture with random weights (the cost does not depend
 on the values). One "iteration" = forward (student and frozen teacher), backward and SGD step;
 the models take turns for --rounds rounds of --iters iterations and the table reports the median
@@ -59,7 +60,10 @@ def main(argv=None):
     runs = {
         "plain student": build(plain),
         "LD, main region": build(load_cfg(ld_path, args.device, teacher + main_only)),
-        "LD, main + VLR + KD": build(load_cfg(ld_path, args.device, teacher)),
+        "LD, main + VLR": build(load_cfg(ld_path, args.device, teacher)),
+        "LD, main + VLR + KD": build(
+            load_cfg(os.path.join(CONFIGS, "gfl_EffLite0_ld_kd.yaml"), args.device, teacher)
+        ),
     }
     batch = fixed_batch(plain, args.batch)
     size = tuple(batch[0]["image"].shape[-2:])

@@ -39,6 +39,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from benchmark_lgd import load_cfg  # noqa: E402
 
+import lgdkd  # noqa: E402,F401  (before detectron2: serves its compiled ops if it has none)
+
 CONFIG = os.path.join(ROOT, "configs", "LAD", "DeepForest", "paa_EffLite0.yaml")
 
 

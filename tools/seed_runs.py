@@ -11,12 +11,13 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
 
-__all__ = ["final_record", "train", "fmt", "seed_table"]
+__all__ = ["final_record", "train", "fmt", "seed_table", "add_teacher_args", "train_teacher"]
 
 
 def final_record(out_dir: str):
@@ -62,19 +63,34 @@ def seed_table(
     output: str,
     opts: Optional[Dict[str, Sequence[str]]] = None,
     tag: str = "seeds",
+    jobs: int = 1,
 ) -> str:
-    """Train every (config, seed) without a finished run; return the markdown table (one row
-    per config: seeds, mean ± sample std of AP / AP50 / AP75, AP per seed, mean s/iter)."""
+    """Train every (config, seed) without a finished run, ``jobs`` runs at a time; return the
+    markdown table (one row per config: seeds, mean ± sample std of AP / AP50 / AP75, AP per
+    seed, mean s/iter). Runs sharing a machine slow each other down: s/iter is only comparable
+    between tables made with the same ``jobs`` on the same machine."""
+
+    def out_dir(config, seed):
+        return os.path.join(output, os.path.splitext(os.path.basename(config))[0], f"seed{seed}")
+
+    pending = [(c, s) for c in configs for s in seeds if final_record(out_dir(c, s))[0] is None]
+    if jobs <= 1:
+        for c, s in pending:
+            train(c, s, out_dir(c, s), (opts or {}).get(c, ()), tag)
+    else:
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = [
+                pool.submit(train, c, s, out_dir(c, s), (opts or {}).get(c, ()), tag)
+                for c, s in pending
+            ]
+            for f in futures:
+                f.result()
     rows = []
     for config in configs:
         name = os.path.splitext(os.path.basename(config))[0]
         results, speeds = [], []
         for seed in seeds:
-            out = os.path.join(output, name, f"seed{seed}")
-            rec, s_iter = final_record(out)
-            if rec is None:
-                train(config, seed, out, (opts or {}).get(config, ()), tag)
-                rec, s_iter = final_record(out)
+            rec, s_iter = final_record(out_dir(config, seed))
             results.append(rec)
             speeds.append(s_iter)
         per_seed = " / ".join(f"{r['bbox/AP']:.1f}" for r in results)
@@ -90,3 +106,32 @@ def seed_table(
             *rows,
         ]
     )
+
+
+def add_teacher_args(parser, default: str, alternative: str):
+    """--seeds, --teacher-seed, --teacher-config (``default``; ``alternative`` named in the
+    help) and --jobs: the options every teacher -> student comparison script shares."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--teacher-seed", type=int, default=1)
+    parser.add_argument(
+        "--teacher-config",
+        default=default,
+        help=f"the teacher's recipe (default {os.path.relpath(default, ROOT)}; "
+        f"{os.path.relpath(alternative, ROOT)} is the multi-scale 480-iteration teacher)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (GPU: several fit)")
+
+
+def train_teacher(args, output: str, tag: str):
+    """Train (once) the teacher of ``args.teacher_config`` at ``args.teacher_seed``; return
+    (its markdown table, the config options that make a student distil from it)."""
+    teacher = os.path.abspath(args.teacher_config)
+    table = seed_table([teacher], [args.teacher_seed], output, tag=tag)
+    name = os.path.splitext(os.path.basename(teacher))[0]
+    weights = os.path.join(output, name, f"seed{args.teacher_seed}", "model_final.pth")
+    return table, [
+        "MODEL.DISTILL.TEACHER.CONFIG_FILE",
+        teacher,
+        "MODEL.DISTILL.TEACHER.WEIGHTS",
+        weights,
+    ]

@@ -322,23 +322,43 @@ def localization_kl(
         return kl * (temperature * temperature)
 
 
-def class_kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+def class_kd_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, activation: str = "softmax"
+) -> Tensor:
     """LD's classification distillation loss per row, element-wise.
 
     The class logits are trained with sigmoids, but LD nevertheless distils them through a
-    softmax over the K classes.
+    softmax over the K classes (``activation="softmax"``). With K = 1 that softmax is always 1
+    and the loss is identically 0; ``activation="sigmoid"`` distils each class as its own
+    Bernoulli variable instead (not in the LD code).
 
     Args:
         student_logits: (M, K) class logits.
         teacher_logits: (M, K); detached inside the function.
         temperature: T > 0.
+        activation: "softmax" (official) or "sigmoid".
 
     Returns:
-        (M,) float ``T^2 * mean_c p_c * (log p_c - log q_c)`` with ``p = softmax(teacher / T)``
-        and ``q = softmax(student / T)``; classes with ``p_c = 0`` contribute 0.
+        (M,) float ``T^2 * mean_c KL_c``. "softmax": ``KL_c = p_c (log p_c - log q_c)`` with
+        ``p = softmax(teacher / T)``, ``q = softmax(student / T)``; "sigmoid": ``KL_c`` the
+        binary KL between ``sigmoid(teacher_c / T)`` and ``sigmoid(student_c / T)``. Terms with
+        zero teacher probability contribute 0.
     """
     _check_temperature(temperature)
     _check_pair(student_logits, teacher_logits, "M, K")
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"class_kd_kl: activation {activation!r}; valid: softmax, sigmoid")
     with _autocast_off(student_logits):
-        terms = _kl_terms(student_logits, teacher_logits, temperature)
+        if activation == "softmax":
+            terms = _kl_terms(student_logits, teacher_logits, temperature)
+        else:
+            dtype = torch.promote_types(
+                _as_float(student_logits).dtype, _as_float(teacher_logits).dtype
+            )
+            t = teacher_logits.detach().to(dtype) / temperature
+            z = student_logits.to(dtype) / temperature
+            p = t.sigmoid()
+            terms = p * (F.logsigmoid(t) - F.logsigmoid(z)) + (1 - p) * (
+                F.logsigmoid(-t) - F.logsigmoid(-z)
+            )
         return terms.mean(dim=1) * (temperature * temperature)

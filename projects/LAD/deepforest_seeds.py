@@ -5,6 +5,8 @@ of AP / AP50 / AP75 (also written to OUTPUT/summary.md).
     python projects/LAD/deepforest_seeds.py
     python projects/LAD/deepforest_seeds.py --seeds 1 2 3 --output output/LAD/DeepForest
     python projects/LAD/deepforest_seeds.py --methods baseline lad   # a subset
+    python projects/LAD/deepforest_seeds.py --jobs 6 \
+        --teacher-config configs/LAD/DeepForest/paa_EffLite0_teacher_ms4x.yaml   # on a GPU
 
 Finished runs are not repeated, so the script can be stopped and started again.
 """
@@ -16,10 +18,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from seed_runs import seed_table  # noqa: E402
+from seed_runs import add_teacher_args, seed_table, train_teacher  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "LAD", "DeepForest")
 TEACHER = os.path.join(CONFIGS, "paa_EffLite0_teacher.yaml")
+TEACHER_LONG = os.path.join(CONFIGS, "paa_EffLite0_teacher_ms4x.yaml")
 METHODS = {
     "baseline": "paa_EffLite0.yaml",
     "lad": "paa_EffLite0_lad.yaml",
@@ -32,8 +35,7 @@ NEEDS_TEACHER = ("lad", "solad", "softlabel")
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--teacher-seed", type=int, default=1)
+    add_teacher_args(p, TEACHER, TEACHER_LONG)
     p.add_argument(
         "--methods",
         nargs="+",
@@ -45,15 +47,12 @@ def main(argv=None):
     text = ""
     opts = {}
     if any(m in NEEDS_TEACHER for m in args.methods):
-        teacher_table = seed_table([TEACHER], [args.teacher_seed], args.output, tag="lad-seeds")
+        teacher_table, teacher_opts = train_teacher(args, args.output, "lad-seeds")
         text += f"teacher\n\n{teacher_table}\n\n"
-        weights = os.path.join(
-            args.output, "paa_EffLite0_teacher", f"seed{args.teacher_seed}", "model_final.pth"
-        )
         for m in NEEDS_TEACHER:
-            opts[os.path.join(CONFIGS, METHODS[m])] = ["MODEL.DISTILL.TEACHER.WEIGHTS", weights]
+            opts[os.path.join(CONFIGS, METHODS[m])] = teacher_opts
     students = [os.path.join(CONFIGS, METHODS[m]) for m in args.methods]
-    table = seed_table(students, args.seeds, args.output, opts, tag="lad-seeds")
+    table = seed_table(students, args.seeds, args.output, opts, tag="lad-seeds", jobs=args.jobs)
     text += f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
     print(text)
     with open(os.path.join(args.output, "summary.md"), "w") as f:

@@ -4,6 +4,8 @@ spread of AP / AP50 / AP75 (also written to OUTPUT/summary.md).
 
     python projects/LD/deepforest_seeds.py
     python projects/LD/deepforest_seeds.py --seeds 1 2 3 --output output/LD/DeepForest
+    python projects/LD/deepforest_seeds.py --jobs 6 \
+        --teacher-config configs/LD/DeepForest/gfl_EffLite0_teacher_ms4x.yaml   # on a GPU
 
 Finished runs are not repeated, so the script can be stopped and started again.
 """
@@ -15,25 +17,30 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from seed_runs import seed_table  # noqa: E402
+from seed_runs import add_teacher_args, seed_table, train_teacher  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "LD", "DeepForest")
 TEACHER = os.path.join(CONFIGS, "gfl_EffLite0_teacher.yaml")
-STUDENTS = [os.path.join(CONFIGS, c) for c in ("gfl_EffLite0.yaml", "gfl_EffLite0_ld.yaml")]
+TEACHER_LONG = os.path.join(CONFIGS, "gfl_EffLite0_teacher_ms4x.yaml")
+STUDENTS = ("gfl_EffLite0.yaml", "gfl_EffLite0_ld.yaml")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--teacher-seed", type=int, default=1)
+    add_teacher_args(p, TEACHER, TEACHER_LONG)
+    p.add_argument(
+        "--students",
+        nargs="+",
+        default=list(STUDENTS),
+        help="student configs of configs/LD/DeepForest (the baseline first; the others distil "
+        "from the teacher), e.g. add gfl_EffLite0_ld_wsum.yaml for the normalisation ablation",
+    )
     p.add_argument("--output", default=os.path.join(ROOT, "output", "LD", "DeepForest"))
     args = p.parse_args(argv)
-    teacher_table = seed_table([TEACHER], [args.teacher_seed], args.output, tag="ld-seeds")
-    weights = os.path.join(
-        args.output, "gfl_EffLite0_teacher", f"seed{args.teacher_seed}", "model_final.pth"
-    )
-    opts = {STUDENTS[1]: ["MODEL.DISTILL.TEACHER.WEIGHTS", weights]}
-    table = seed_table(STUDENTS, args.seeds, args.output, opts, tag="ld-seeds")
+    teacher_table, teacher_opts = train_teacher(args, args.output, "ld-seeds")
+    students = [os.path.join(CONFIGS, c) for c in args.students]
+    opts = {s: teacher_opts for s in students[1:]}
+    table = seed_table(students, args.seeds, args.output, opts, tag="ld-seeds", jobs=args.jobs)
     text = (
         f"teacher\n\n{teacher_table}\n\n"
         f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"

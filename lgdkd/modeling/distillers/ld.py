@@ -17,7 +17,7 @@ Terms (MODEL.DISTILL.LD, each skipped when its weight is 0):
 * ``loss_distill_ld_vlr`` (VLR LD): S = sum_{a in V} v_a sum_e l_e / 16, v_a the anchor's IoU with
   its box;
 * ``loss_distill_kd`` (Main KD): per level, sum_{i in P_l} T^2 mean_c KL(softmax(t/T) ||
-  softmax(s/T)) / |P_l|, summed over levels;
+  softmax(s/T)) / |P_l|, summed over levels (KD_ACTIVATION "sigmoid": a binary KL per class);
 * ``loss_distill_kd_vlr``: the same on the VLR.
 
 NORM "per_image" multiplies the LD sums by REFERENCE_IMAGES / images per worker (averaged over
@@ -109,6 +109,11 @@ class LDDistiller(nn.Module):
         self.alpha, self.metric = c.VLR_ALPHA, c.VLR_METRIC
         self.w_kd, self.t_kd, self.w_kd_vlr = c.KD_WEIGHT, c.KD_TEMPERATURE, c.KD_VLR_WEIGHT
         self.norm, self.ref_images, self.bins = c.NORM, c.REFERENCE_IMAGES, c.BIN_REDUCTION
+        if c.KD_ACTIVATION not in ("softmax", "sigmoid"):
+            raise ValueError(
+                f"MODEL.DISTILL.LD.KD_ACTIVATION = {c.KD_ACTIVATION!r}; valid: softmax, sigmoid"
+            )
+        self.kd_activation = c.KD_ACTIVATION
         names = []
         for name, w in (
             ("loss_distill_ld", self.w_ld),
@@ -131,6 +136,15 @@ class LDDistiller(nn.Module):
         check_ld_teacher(student, detector, getattr(teacher, "config_file", ""))
         self.reg_max = student.reg_max
         self.num_classes = student.num_classes
+        if self.num_classes == 1 and self.kd_activation == "softmax":
+            kd = [k for k, w in (("KD_WEIGHT", self.w_kd), ("KD_VLR_WEIGHT", self.w_kd_vlr)) if w]
+            if kd:
+                raise ValueError(
+                    f"MODEL.DISTILL.LD.{kd[0]} = {self.w_kd or self.w_kd_vlr:g} on a one-class "
+                    "detector: the KD's softmax over one class is always 1, so the loss would "
+                    "be 0 on every image. Set MODEL.DISTILL.LD.KD_ACTIVATION 'sigmoid' (binary "
+                    f"KL per class) or MODEL.DISTILL.LD.{kd[0]} 0."
+                )
         self.dgqp = student.dgqp
 
     # ------------------------------------------------------------------------------ helpers
@@ -169,7 +183,7 @@ class LDDistiller(nn.Module):
 
     def _per_level_kd(self, s_cls, t_cls, mask: Tensor, level_of: Tensor, num_levels: int):
         """sum over levels of (sum of KD over the masked locations of the level / their count)."""
-        kd = class_kd_kl(s_cls[mask], t_cls[mask], self.t_kd)  # (M,)
+        kd = class_kd_kl(s_cls[mask], t_cls[mask], self.t_kd, self.kd_activation)  # (M,)
         levels = level_of[None].expand_as(mask)[mask]
         sums = torch.zeros(num_levels, dtype=kd.dtype, device=kd.device).index_add_(0, levels, kd)
         counts = torch.bincount(levels, minlength=num_levels).to(kd.dtype)
