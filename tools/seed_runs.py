@@ -117,7 +117,7 @@ def add_teacher_args(parser, default: str, alternative: str):
         "--teacher-config",
         default=default,
         help=f"the teacher's recipe (default {os.path.relpath(default, ROOT)}; "
-        f"{os.path.relpath(alternative, ROOT)} is the multi-scale 480-iteration teacher)",
+        f"another: {os.path.relpath(alternative, ROOT)})",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (GPU: several fit)")
 

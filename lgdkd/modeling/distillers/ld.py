@@ -137,14 +137,14 @@ class LDDistiller(nn.Module):
         self.reg_max = student.reg_max
         self.num_classes = student.num_classes
         if self.num_classes == 1 and self.kd_activation == "softmax":
-            kd = [k for k, w in (("KD_WEIGHT", self.w_kd), ("KD_VLR_WEIGHT", self.w_kd_vlr)) if w]
-            if kd:
-                raise ValueError(
-                    f"MODEL.DISTILL.LD.{kd[0]} = {self.w_kd or self.w_kd_vlr:g} on a one-class "
-                    "detector: the KD's softmax over one class is always 1, so the loss would "
-                    "be 0 on every image. Set MODEL.DISTILL.LD.KD_ACTIVATION 'sigmoid' (binary "
-                    f"KL per class) or MODEL.DISTILL.LD.{kd[0]} 0."
-                )
+            for key, weight in (("KD_WEIGHT", self.w_kd), ("KD_VLR_WEIGHT", self.w_kd_vlr)):
+                if weight:
+                    raise ValueError(
+                        f"MODEL.DISTILL.LD.{key} = {weight:g} on a one-class detector: the KD's "
+                        "softmax over one class is always 1, so the loss would be 0 on every "
+                        "image. Set MODEL.DISTILL.LD.KD_ACTIVATION 'sigmoid' (binary KL per "
+                        f"class) or MODEL.DISTILL.LD.{key} 0."
+                    )
         self.dgqp = student.dgqp
 
     # ------------------------------------------------------------------------------ helpers
