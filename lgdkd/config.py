@@ -206,6 +206,83 @@ def _add_distill_config(cfg):
     S.BOX_WEIGHT = 1.3
     S.MIN_IOU = 0.1
 
+    # HEAD: hetero-assists distillation (Wang et al., ECCV 2022, arXiv:2207.05345;
+    # LutingWang/HEAD). DISTILLERS ["HEADDistiller"] on a RetinaNet student: an assistant
+    # Faster R-CNN second stage on the student's FPN, fed by proposals from the student's own
+    # detached RetinaNet outputs (Assist); with TEACHER.NAME "PretrainedTeacher" (a Faster
+    # R-CNN) its box-head activations are regressed to the teacher's on the same RoIs (AKD)
+    # and the student's cls-tower feature at each proposal's anchor to the teacher's last one
+    # (CKD). DISTILLERS ["TFHEADDistiller"] is the teacher-free variant (TF-HEAD).
+    H = D.HEAD = CN()
+    # Proposals from the student (training only): per level the top PRE_NMS_TOPK_PER_LEVEL
+    # anchors by sigmoid(max class logit), decoded, clipped, boxes with a side <= MIN_SIZE
+    # dropped, NMS at NMS_THRESH per level, then the POST_NMS_TOPK best over all levels.
+    H.PROPOSAL = CN()
+    H.PROPOSAL.PRE_NMS_TOPK_PER_LEVEL = 2000
+    H.PROPOSAL.POST_NMS_TOPK = 1000
+    H.PROPOSAL.NMS_THRESH = 0.7
+    H.PROPOSAL.MIN_SIZE = 0.0
+    # The assistant: RoIAlign on IN_FEATURES with MMDetection's level rule (the smallest RoIs,
+    # sqrt(area) < 112, on the first listed level), then a FastRCNNConvFCHead and
+    # FastRCNNOutputLayers, trained on RoIs sampled as the teacher's R-CNN was trained.
+    A = H.ASSIST = CN()
+    A.IN_FEATURES = ["p3", "p4", "p5", "p6"]
+    A.POOLER_RESOLUTION = 7
+    A.POOLER_SAMPLING_RATIO = 0
+    A.POOLER_TYPE = "ROIAlignV2"
+    A.NUM_CONV = 0
+    A.CONV_DIM = 256
+    A.NUM_FC = 2
+    A.FC_DIM = 1024
+    A.NORM = ""
+    A.CLS_AGNOSTIC_BBOX_REG = False
+    A.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    A.BATCH_SIZE_PER_IMAGE = 512
+    A.POSITIVE_FRACTION = 0.25
+    A.IOU_THRESHOLD = 0.5
+    A.APPEND_GT = True
+    # softmax CE and L1 box loss (SMOOTH_L1_BETA 0), both over all sampled RoIs
+    A.LOSS_CLS_WEIGHT = 1.0
+    A.LOSS_BOX_WEIGHT = 1.0
+    A.SMOOTH_L1_BETA = 0.0
+    # Copy the teacher's box head and predictor into the assistant at build time (HEAD; False
+    # for "Assist only"). Needs the same head structure; a tensor of another shape is an error.
+    A.INIT_FROM_TEACHER = True
+    # The assistant's losses grow linearly from 0 at iteration 0 to 1 at LOSS_WARMUP_ITERS.
+    A.LOSS_WARMUP_ITERS = 0
+    # AKD: Linear adapters map the assistant's post-activation outputs of LAYERS (names of the
+    # box head's layers, e.g. fc1, fc2, conv4) to the teacher's; MSE (mean over elements) on
+    # every sampled RoI. Weight WEIGHT x min(iteration / WARMUP_ITERS, 1).
+    H.AKD = CN()
+    H.AKD.WEIGHT = 2.0
+    H.AKD.WARMUP_ITERS = 2000
+    H.AKD.LAYERS = ["fc1", "fc2"]
+    # CKD: the student's RetinaNet cls-tower output at the anchor location of each non-GT
+    # sampled RoI, through ADAPTER ("linear": C -> D; "decouple": C -> A x D, the slice of the
+    # proposal's anchor), regressed (MSE) to the teacher's output of AKD.LAYERS[-1].
+    H.CKD = CN()
+    H.CKD.WEIGHT = 2.0
+    H.CKD.WARMUP_ITERS = 2000
+    H.CKD.ADAPTER = "linear"
+    # weight 0 from this iteration on (< 0: never)
+    H.CKD.EARLY_STOP_ITER = -1
+    # TF-HEAD (TFHEADDistiller): the RoI assistant above (random init) plus an FCOS assistant
+    # head on the student's head levels, their losses warmed up over ASSIST_LOSS_WARMUP_ITERS;
+    # the student's cls tower is regressed onto their detached features: SELF_FCOS (a shared
+    # 1x1 conv per level onto the FCOS cls tower, per-level MSE summed) and SELF_RCNN (the
+    # cls-tower vector at each non-GT RoI's anchor, a decouple adapter, onto the assistant's
+    # AKD.LAYERS[-1] output), both x min(iteration / WARMUP_ITERS, 1), 0 from EARLY_STOP_ITER.
+    T = H.TF = CN()
+    T.FCOS_ASSIST = True
+    T.FCOS_NUM_CONVS = 4
+    T.FCOS_LOSS_WEIGHTS = (0.5, 0.5, 0.5)
+    T.ASSIST_LOSS_WARMUP_ITERS = 2000
+    T.SELF_FCOS_WEIGHT = 1.0
+    T.SELF_RCNN_WEIGHT = 1.3
+    T.SELF_RCNN_ADAPTER = "decouple"
+    T.WARMUP_ITERS = 2000
+    T.EARLY_STOP_ITER = 58640
+
 
 def _add_fcos_config(cfg):
     # ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.registry import Registry
 from torch import Tensor
@@ -87,9 +88,13 @@ class DenseDetectorAdapter(StudentAdapter):
         with_head: bool = True,
     ):
         features, shapes = self._backbone(model, images)
-        predictions = None
+        predictions, extras = None, {}
         if with_head:
-            predictions = list(model.head([features[f] for f in model.head_in_features]))
+            head_in = [features[f] for f in model.head_in_features]
+            if type(model.head) is RetinaNetHead:
+                predictions, extras["cls_tower"] = _retinanet_head_with_towers(model.head, head_in)
+            else:
+                predictions = list(model.head(head_in))
         return DetectorOutputs(
             images=images,
             features=features,
@@ -97,6 +102,7 @@ class DenseDetectorAdapter(StudentAdapter):
             head_in_features=list(model.head_in_features),
             predictions=predictions,
             gt_instances=gt_instances,
+            extras=extras,
         )
 
     def task_losses(
@@ -134,6 +140,19 @@ class DenseDetectorAdapter(StudentAdapter):
             return model.forward_training(
                 outputs.images, head_in, predictions, outputs.gt_instances
             )
+
+
+def _retinanet_head_with_towers(head: RetinaNetHead, features: List[Tensor]):
+    """``RetinaNetHead.forward`` (the same modules in the same order) that also returns the
+    cls-tower output of each level, (N, C, H_l, W_l) after its last activation (HEAD's CKD
+    reads it). Stored in ``DetectorOutputs.extras["cls_tower"]``."""
+    logits, deltas, towers = [], [], []
+    for x in features:
+        t = head.cls_subnet(x)
+        towers.append(t)
+        logits.append(head.cls_score(t))
+        deltas.append(head.bbox_pred(head.bbox_subnet(x)))
+    return [logits, deltas], towers
 
 
 @contextlib.contextmanager

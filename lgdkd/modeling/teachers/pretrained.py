@@ -3,7 +3,9 @@
 import logging
 
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import build_model
+from detectron2.structures import ImageList
 from torch import nn
 
 from ...checkpoint import load_strict
@@ -120,12 +122,27 @@ def channels_reversed(cfg, tcfg) -> bool:
     return s_fmt != t_fmt
 
 
+def _pad_like(images: ImageList, like: ImageList, divisibility: int) -> ImageList:
+    """``images`` zero-padded (bottom/right, as ImageList pads) to the padded size of ``like``
+    when that is larger and a multiple of the teacher's ``divisibility``: e.g. a Faster R-CNN
+    teacher (P2-P6, pads to 32) on a RetinaNet student's batch (P3-P7, pads to 128) sees the
+    student's padded tensor, and its feature maps stay aligned with the image."""
+    h, w = images.tensor.shape[-2:]
+    th, tw = like.tensor.shape[-2:]
+    d = max(int(divisibility), 1)
+    if (h, w) == (th, tw) or th < h or tw < w or th % d or tw % d:
+        return images
+    return ImageList(F.pad(images.tensor, (0, tw - w, 0, th - h)), images.image_sizes)
+
+
 def run_on_student_batch(adapter, detector, batched_inputs, student, reverse, with_head=True):
     """``detector`` on the student's batch (its own preprocessing, channels reversed if
     ``reverse``); refuses a padded size other than the student's."""
     if reverse:
         batched_inputs = [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
     images, gt = adapter.preprocess(detector, batched_inputs)
+    if student is not None:
+        images = _pad_like(images, student.images, detector.backbone.size_divisibility)
     if student is not None and images.tensor.shape[-2:] != student.images.tensor.shape[-2:]:
         raise ValueError(
             f"Teacher input {tuple(images.tensor.shape[-2:])} and student input "
