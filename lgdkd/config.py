@@ -108,6 +108,9 @@ def _add_distill_config(cfg):
     # instance norm without affine, as in LGD).
     F.NORM = "none"
     F.LOSS_WEIGHT = 1.0
+    # Weight transfer (HEAD's FitNet baseline): at build time the student's dense head
+    # (``head.*``) becomes a copy of the teacher's, which must have the same structure.
+    F.HEAD_INIT_FROM_TEACHER = False
 
     # LGD: label-guided self-distillation (Zhang et al., AAAI 2022; megvii-research/LGD).
     # TEACHER.NAME "LabelGuidedTeacher" + DISTILLERS ["LGDDistiller"]. The official schedule

@@ -319,3 +319,26 @@ print("OK")
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_fitnet_head_weight_transfer(tmp_path):
+    teacher = save_teacher(tmp_path, "retinanet")
+    cfg = quick_cfg("retinanet", **{"MODEL.DISTILL.FEATURE_MIMIC.HEAD_INIT_FROM_TEACHER": True})
+    cfg.MODEL.META_ARCHITECTURE = "DistillationDetector"
+    cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "RetinaNet"
+    cfg.MODEL.DISTILL.TEACHER.NAME = "PretrainedTeacher"
+    cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE, cfg.MODEL.DISTILL.TEACHER.WEIGHTS = teacher
+    cfg.MODEL.DISTILL.DISTILLERS = ["FeatureMimicDistiller"]
+    model = build_model(cfg)
+    t = model.teacher.detector.head.state_dict()
+    for k, v in model.student.head.state_dict().items():
+        assert torch.equal(v, t[k]), k
+    assert model.student.head.cls_score.weight.data_ptr() != t["cls_score.weight"].data_ptr()
+    # the backbone is not transferred
+    assert not torch.equal(
+        model.student.backbone.fpn_output3.weight,
+        model.teacher.detector.backbone.fpn_output3.weight,
+    )
+    cfg.MODEL.RETINANET.NUM_CONVS = 2
+    with pytest.raises(ValueError, match="teacher's head differs from the student's"):
+        build_model(cfg)

@@ -13,7 +13,7 @@ from ..assigners.regions import gt_box_masks, valid_region_masks
 from ..outputs import Assignment, DetectorOutputs
 from .build import DISTILLER_REGISTRY
 
-__all__ = ["FeatureMimicDistiller", "instance_norm"]
+__all__ = ["FeatureMimicDistiller", "instance_norm", "copy_head_from_teacher"]
 
 _MASKS = ("all", "gt_boxes", "assigner")
 
@@ -24,6 +24,33 @@ def instance_norm(x, eps: float = 1e-5):
     mean = x.mean(dim=(2, 3), keepdim=True)
     var = x.var(dim=(2, 3), unbiased=False, keepdim=True)
     return (x - mean) / (var + eps).sqrt()
+
+
+def copy_head_from_teacher(student: nn.Module, teacher: nn.Module) -> None:
+    """Copy ``teacher.head`` into ``student.head`` (a copy, not shared); every tensor must
+    exist in both with the same shape, or the error names the differences."""
+    s_head, t_head = getattr(student, "head", None), getattr(teacher, "head", None)
+    if s_head is None or t_head is None:
+        raise ValueError(
+            "MODEL.DISTILL.FEATURE_MIMIC.HEAD_INIT_FROM_TEACHER needs a dense head (``head``) "
+            f"in the student ({type(student).__name__}) and the teacher "
+            f"({type(teacher).__name__})."
+        )
+    src, dst = t_head.state_dict(), s_head.state_dict()
+    bad = [
+        f"{k}: student {tuple(v.shape)}, teacher "
+        f"{tuple(src[k].shape) if k in src else 'missing'}"
+        for k, v in dst.items()
+        if k not in src or src[k].shape != v.shape
+    ]
+    bad += [f"{k}: only in the teacher" for k in src if k not in dst]
+    if bad:
+        raise ValueError(
+            "MODEL.DISTILL.FEATURE_MIMIC.HEAD_INIT_FROM_TEACHER: the teacher's head differs "
+            "from the student's (" + "; ".join(bad[:6]) + "). Give both the same head "
+            "(classes, anchors, convs, channels) or set it False."
+        )
+    s_head.load_state_dict(src)
 
 
 def _adapter(kind: str, c_in: int, c_out: int) -> nn.Module:
@@ -114,6 +141,12 @@ class FeatureMimicDistiller(nn.Module):
         self.mask = c.MASK
         self.norm = c.NORM
         self.loss_weight = c.LOSS_WEIGHT
+        self.head_init_from_teacher = c.HEAD_INIT_FROM_TEACHER
+
+    def check_models(self, student, teacher) -> None:
+        """With HEAD_INIT_FROM_TEACHER, copy the teacher's dense head into the student's."""
+        if self.head_init_from_teacher:
+            copy_head_from_teacher(student, getattr(teacher, "detector", None))
 
     def _masks(self, student: DetectorOutputs, assignment: Optional[Assignment]):
         feats = {s: student.features[s] for s, _ in self.pairs}
