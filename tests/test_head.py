@@ -2,6 +2,8 @@
 teacher on the student's RoIs, AKD / CKD, warm-up weights, one training step end to end and
 the exported student."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -285,6 +287,12 @@ def test_bad_head_configs_are_refused(rcnn_teacher, tmp_path):
         build_model(cfg)
     with pytest.raises(ValueError, match="teacher-free"):
         build_model(head_cfg(rcnn_teacher, "TFHEADDistiller"))
+    cfg = head_cfg(None)
+    cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "FCOS"
+    with pytest.raises(
+        ValueError, match="needs MODEL.DISTILL.STUDENT_META_ARCHITECTURE 'RetinaNet'"
+    ):
+        build_model(cfg)
     cfg = head_cfg(rcnn_teacher, **{"MODEL.DISTILL.HEAD.ASSIST.FC_DIM": 48})
     cfg.MODEL.DISTILL.HEAD.ASSIST.NUM_CONV = 2
     with pytest.raises(ValueError, match=r"does not match the teacher's \(box_head.conv1.weight"):
@@ -342,3 +350,42 @@ def test_fitnet_head_weight_transfer(tmp_path):
     cfg.MODEL.RETINANET.NUM_CONVS = 2
     with pytest.raises(ValueError, match="teacher's head differs from the student's"):
         build_model(cfg)
+
+
+def _train(out, *opts):
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train_net.py"),
+        "--config-file",
+        os.path.join(ROOT, "configs", "quick_schedules", "head_retinanet_R18_toy.yaml"),
+        *opts,
+        "SEED",
+        "3",
+        "OUTPUT_DIR",
+        str(out),
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    return log
+
+
+def test_train_net_head_evaluates_and_resumes_exactly(rcnn_teacher, tmp_path):
+    teacher = ["MODEL.DISTILL.TEACHER.WEIGHTS", rcnn_teacher[1]]
+    out = tmp_path / "run"
+    log = _train(out, *teacher, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
+    assert "loss_distill_akd" in log and "loss_distill_ckd" in log and "loss_assist_cls" in log
+    with open(out / "metrics.json") as f:
+        assert any("bbox/AP" in json.loads(line) for line in f)
+    # 3 iterations, then --resume to 4: student, assistant and adapters end bit-identical
+    resumed = tmp_path / "resumed"
+    _train(resumed, *teacher, "SOLVER.MAX_ITER", "3")
+    log = _train(resumed, "--resume", *teacher)
+    assert "Starting training from iteration 3" in log
+    a = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    b = torch.load(resumed / "model_final.pth", weights_only=False)["model"]
+    assert any(k.startswith("distillers.0.assistant.") for k in a)
+    assert any(k.startswith("distillers.0.akd_adapters.") for k in a)
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, differing[:5]

@@ -292,10 +292,15 @@ def _transfer_weights(assistant: HEADAssistant, teacher_roi_heads) -> None:
 
 
 def _check_retinanet(student) -> None:
-    if not isinstance(student, RetinaNet) or not isinstance(student.head, RetinaNetHead):
+    """HEAD reads the RetinaNet cls tower, which the adapter records for detectron2's own
+    ``RetinaNetHead`` (a subclass may compute its outputs differently)."""
+    if not isinstance(student, RetinaNet) or type(getattr(student, "head", None)) is not (
+        RetinaNetHead
+    ):
         raise TypeError(
             "HEAD needs a RetinaNet student (MODEL.DISTILL.STUDENT_META_ARCHITECTURE "
-            f"'RetinaNet' with its RetinaNetHead), got {type(student).__name__}."
+            f"'RetinaNet' with detectron2's RetinaNetHead), got {type(student).__name__} with "
+            f"{type(getattr(student, 'head', None)).__name__}."
         )
 
 
