@@ -389,3 +389,31 @@ def test_train_net_head_evaluates_and_resumes_exactly(rcnn_teacher, tmp_path):
     assert any(k.startswith("distillers.0.akd_adapters.") for k in a)
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differing, differing[:5]
+
+
+def test_conv_head_akd_on_a_conv_and_an_fc_layer(tmp_path):
+    head = {
+        "MODEL.ROI_BOX_HEAD.NUM_CONV": 2,
+        "MODEL.ROI_BOX_HEAD.CONV_DIM": 16,
+        "MODEL.ROI_BOX_HEAD.NUM_FC": 1,
+        "MODEL.ROI_BOX_HEAD.FC_DIM": 48,
+    }
+    teacher = save_teacher(tmp_path, "faster_rcnn", **head)
+    cfg = head_cfg(
+        teacher,
+        **{
+            "MODEL.DISTILL.HEAD.ASSIST.NUM_CONV": 2,
+            "MODEL.DISTILL.HEAD.ASSIST.CONV_DIM": 16,
+            "MODEL.DISTILL.HEAD.ASSIST.NUM_FC": 1,
+            "MODEL.DISTILL.HEAD.ASSIST.FC_DIM": 48,
+            "MODEL.DISTILL.HEAD.AKD.LAYERS": ["conv2", "fc1"],
+        },
+    )
+    model = build_model(cfg)
+    d = model.distillers[0]
+    assert isinstance(d.akd_adapters["conv2"], torch.nn.Conv2d)
+    assert d.akd_adapters["fc1"].out_features == 48 and d.ckd_adapter.out_features == 48
+    losses = _run_step(model, toy_batch(cfg, start=1), iteration=2000)
+    assert losses["loss_distill_akd"] > 0 and losses["loss_distill_ckd"] > 0
+    sum(losses.values()).backward()
+    assert d.akd_adapters["conv2"].weight.grad.abs().sum() > 0
