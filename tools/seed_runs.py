@@ -17,7 +17,15 @@ from typing import Dict, List, Optional, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
 
-__all__ = ["final_record", "train", "fmt", "seed_table", "add_teacher_args", "train_teacher"]
+__all__ = [
+    "final_record",
+    "train",
+    "fmt",
+    "seed_table",
+    "add_teacher_args",
+    "train_teacher",
+    "run_comparison",
+]
 
 
 def final_record(out_dir: str):
@@ -108,16 +116,16 @@ def seed_table(
     )
 
 
-def add_teacher_args(parser, default: str, alternative: str):
-    """--seeds, --teacher-seed, --teacher-config (``default``; ``alternative`` named in the
-    help) and --jobs: the options every teacher -> student comparison script shares."""
+def add_teacher_args(parser, default: str, alternative: Optional[str] = None):
+    """--seeds, --teacher-seed, --teacher-config (``default``; ``alternative``, if any, named in
+    the help) and --jobs: the options every teacher -> student comparison script shares."""
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--teacher-seed", type=int, default=1)
+    other = f"; another: {os.path.relpath(alternative, ROOT)}" if alternative else ""
     parser.add_argument(
         "--teacher-config",
         default=default,
-        help=f"the teacher's recipe (default {os.path.relpath(default, ROOT)}; "
-        f"another: {os.path.relpath(alternative, ROOT)})",
+        help=f"the teacher's recipe (default {os.path.relpath(default, ROOT)}{other})",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (GPU: several fit)")
 
@@ -135,3 +143,23 @@ def train_teacher(args, output: str, tag: str):
         "MODEL.DISTILL.TEACHER.WEIGHTS",
         weights,
     ]
+
+
+def run_comparison(args, configs: str, methods: Dict[str, str], needs_teacher, tag: str) -> str:
+    """Train the teacher (once) when one of ``args.methods`` needs it, then every method's config
+    (``methods[name]``, a file of the folder ``configs``) for ``args.seeds``; print the teacher's
+    and the students' tables and write them to ``args.output``/summary.md. Returns the text."""
+    text = ""
+    opts = {}
+    if any(m in needs_teacher for m in args.methods):
+        teacher_table, teacher_opts = train_teacher(args, args.output, tag)
+        text += f"teacher\n\n{teacher_table}\n\n"
+        for m in needs_teacher:
+            opts[os.path.join(configs, methods[m])] = teacher_opts
+    students = [os.path.join(configs, methods[m]) for m in args.methods]
+    table = seed_table(students, args.seeds, args.output, opts, tag=tag, jobs=args.jobs)
+    text += f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
+    print(text)
+    with open(os.path.join(args.output, "summary.md"), "w") as f:
+        f.write(text)
+    return text

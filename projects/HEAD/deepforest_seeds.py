@@ -16,7 +16,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from seed_runs import seed_table, train_teacher  # noqa: E402
+from seed_runs import add_teacher_args, run_comparison  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "HEAD", "DeepForest")
 TEACHER = os.path.join(CONFIGS, "faster_rcnn_EffLite0_teacher_ms2x.yaml")
@@ -31,26 +31,11 @@ NEEDS_TEACHER = ("head",)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--teacher-seed", type=int, default=1)
-    p.add_argument("--teacher-config", default=TEACHER)
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (GPU: several fit)")
+    add_teacher_args(p, TEACHER)
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     p.add_argument("--output", default=os.path.join(ROOT, "output", "HEAD", "DeepForest"))
     args = p.parse_args(argv)
-    text = ""
-    opts = {}
-    if any(m in NEEDS_TEACHER for m in args.methods):
-        teacher_table, teacher_opts = train_teacher(args, args.output, "head-seeds")
-        text += f"teacher\n\n{teacher_table}\n\n"
-        for m in NEEDS_TEACHER:
-            opts[os.path.join(CONFIGS, METHODS[m])] = teacher_opts
-    students = [os.path.join(CONFIGS, METHODS[m]) for m in args.methods]
-    table = seed_table(students, args.seeds, args.output, opts, tag="head-seeds", jobs=args.jobs)
-    text += f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
-    print(text)
-    with open(os.path.join(args.output, "summary.md"), "w") as f:
-        f.write(text)
+    run_comparison(args, CONFIGS, METHODS, NEEDS_TEACHER, "head-seeds")
 
 
 if __name__ == "__main__":

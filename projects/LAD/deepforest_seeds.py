@@ -18,7 +18,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from seed_runs import add_teacher_args, seed_table, train_teacher  # noqa: E402
+from seed_runs import add_teacher_args, run_comparison  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "LAD", "DeepForest")
 TEACHER = os.path.join(CONFIGS, "paa_EffLite0_teacher.yaml")
@@ -44,19 +44,7 @@ def main(argv=None):
     )
     p.add_argument("--output", default=os.path.join(ROOT, "output", "LAD", "DeepForest"))
     args = p.parse_args(argv)
-    text = ""
-    opts = {}
-    if any(m in NEEDS_TEACHER for m in args.methods):
-        teacher_table, teacher_opts = train_teacher(args, args.output, "lad-seeds")
-        text += f"teacher\n\n{teacher_table}\n\n"
-        for m in NEEDS_TEACHER:
-            opts[os.path.join(CONFIGS, METHODS[m])] = teacher_opts
-    students = [os.path.join(CONFIGS, METHODS[m]) for m in args.methods]
-    table = seed_table(students, args.seeds, args.output, opts, tag="lad-seeds", jobs=args.jobs)
-    text += f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
-    print(text)
-    with open(os.path.join(args.output, "summary.md"), "w") as f:
-        f.write(text)
+    run_comparison(args, CONFIGS, METHODS, NEEDS_TEACHER, "lad-seeds")
 
 
 if __name__ == "__main__":
