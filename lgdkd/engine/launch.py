@@ -131,6 +131,10 @@ def _gloo_worker(
         torch.set_num_threads(max(1, (cores or os.cpu_count() or 1) // num_per_machine))
     comm.synchronize()
     main_func(*args)
+    # leave together and close the group: a rank that exits while another still talks to it
+    # (or with gloo's threads alive at interpreter shutdown) can abort the other with SIGABRT
+    comm.synchronize()
+    dist.destroy_process_group()
 
 
 def _create_local_process_group(num_per_machine: int, machine_rank: int):
