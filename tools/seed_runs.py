@@ -145,18 +145,18 @@ def train_teacher(args, output: str, tag: str):
     ]
 
 
-def run_comparison(args, configs: str, methods: Dict[str, str], needs_teacher, tag: str) -> str:
-    """Train the teacher (once) when one of ``args.methods`` needs it, then every method's config
-    (``methods[name]``, a file of the folder ``configs``) for ``args.seeds``; print the teacher's
-    and the students' tables and write them to ``args.output``/summary.md. Returns the text."""
+def run_comparison(args, students: Sequence[str], with_teacher: Sequence[str], tag: str) -> str:
+    """The projects' teacher -> student comparison: train the teacher of
+    ``args.teacher_config`` (once) when a config of ``with_teacher`` is among ``students``,
+    then every student config for ``args.seeds`` (those of ``with_teacher`` distilling from that
+    teacher); print the teacher's and the students' tables and write them to
+    ``args.output``/summary.md. Returns the text."""
     text = ""
     opts = {}
-    if any(m in needs_teacher for m in args.methods):
+    if any(c in with_teacher for c in students):
         teacher_table, teacher_opts = train_teacher(args, args.output, tag)
         text += f"teacher\n\n{teacher_table}\n\n"
-        for m in needs_teacher:
-            opts[os.path.join(configs, methods[m])] = teacher_opts
-    students = [os.path.join(configs, methods[m]) for m in args.methods]
+        opts = {c: teacher_opts for c in students if c in with_teacher}
     table = seed_table(students, args.seeds, args.output, opts, tag=tag, jobs=args.jobs)
     text += f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
     print(text)

@@ -35,7 +35,9 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     p.add_argument("--output", default=os.path.join(ROOT, "output", "HEAD", "DeepForest"))
     args = p.parse_args(argv)
-    run_comparison(args, CONFIGS, METHODS, NEEDS_TEACHER, "head-seeds")
+    students = [os.path.join(CONFIGS, METHODS[m]) for m in args.methods]
+    with_teacher = [os.path.join(CONFIGS, METHODS[m]) for m in NEEDS_TEACHER]
+    run_comparison(args, students, with_teacher, "head-seeds")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def main(argv=None):
     )
     p.add_argument("--output", default=os.path.join(ROOT, "output", "LAD", "DeepForest"))
     args = p.parse_args(argv)
-    run_comparison(args, CONFIGS, METHODS, NEEDS_TEACHER, "lad-seeds")
+    students = [os.path.join(CONFIGS, METHODS[m]) for m in args.methods]
+    with_teacher = [os.path.join(CONFIGS, METHODS[m]) for m in NEEDS_TEACHER]
+    run_comparison(args, students, with_teacher, "lad-seeds")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from seed_runs import add_teacher_args, seed_table, train_teacher  # noqa: E402
+from seed_runs import add_teacher_args, run_comparison  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "LD", "DeepForest")
 TEACHER = os.path.join(CONFIGS, "gfl_EffLite0_teacher.yaml")
@@ -37,17 +37,8 @@ def main(argv=None):
     )
     p.add_argument("--output", default=os.path.join(ROOT, "output", "LD", "DeepForest"))
     args = p.parse_args(argv)
-    teacher_table, teacher_opts = train_teacher(args, args.output, "ld-seeds")
     students = [os.path.join(CONFIGS, c) for c in args.students]
-    opts = {s: teacher_opts for s in students[1:]}
-    table = seed_table(students, args.seeds, args.output, opts, tag="ld-seeds", jobs=args.jobs)
-    text = (
-        f"teacher\n\n{teacher_table}\n\n"
-        f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
-    )
-    print(text)
-    with open(os.path.join(args.output, "summary.md"), "w") as f:
-        f.write(text)
+    run_comparison(args, students, students[1:], "ld-seeds")
 
 
 if __name__ == "__main__":
