@@ -8,9 +8,8 @@
 
 Logic lives in lgdkd.engine; this script only wires it together, as detectron2's does.
 """
+import os
 import sys
-
-from detectron2.checkpoint import DetectionCheckpointer
 
 import lgdkd.modeling  # noqa: F401  (registers meta-archs, backbones, ...)
 from lgdkd.engine import (
@@ -22,15 +21,33 @@ from lgdkd.engine import (
     load_config,
     setup,
 )
+from lgdkd.checkpoint import StrictLoadError
+from lgdkd.data import DatasetError, ImageReadError
+from lgdkd.engine.checkpointer import load_for_evaluation, newest_readable_checkpoint
+
+
+# Errors that describe bad input (config, weights, data): printed as one message, without a
+# traceback (set LGDKD_TRACEBACK=1 to see it).
+USER_ERRORS = (ConfigKeyError, DatasetError, FileNotFoundError, ImageReadError, StrictLoadError)
 
 
 def main(args):
+    try:
+        return run(args)
+    except USER_ERRORS as e:
+        if os.environ.get("LGDKD_TRACEBACK"):
+            raise
+        sys.exit(f"train_net.py: error: {e}")
+
+
+def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        weights = cfg.MODEL.WEIGHTS
+        if args.resume:  # the run's newest readable checkpoint
+            weights = newest_readable_checkpoint(cfg.OUTPUT_DIR) or weights
+        load_for_evaluation(model, weights)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

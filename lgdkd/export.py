@@ -15,9 +15,9 @@ from typing import Dict, Tuple
 import torch
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as d2_get_cfg
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_model
 
-from .checkpoint import read_checkpoint
+from .checkpoint import atomic_save, atomic_write_text, check_state_dict, read_checkpoint
 
 __all__ = [
     "student_state_dict",
@@ -25,6 +25,7 @@ __all__ = [
     "is_stock_detectron2",
     "export_student",
     "export_teacher",
+    "check_exported",
 ]
 
 PREFIX = "student."
@@ -93,7 +94,26 @@ def export_student(cfg, weights: str, output_dir: str) -> Tuple[str, str]:
     """
     state = student_state_dict(read_checkpoint(weights, "checkpoint to export"))
     scfg = student_config(cfg)
+    check_exported(state, scfg, weights, "student")
     return _write(state, scfg, output_dir, "student")
+
+
+def check_exported(state, cfg, weights: str, name: str):
+    """Raise StrictLoadError unless ``state`` loads strictly into the model of ``cfg`` (the
+    config being written): a missing, unexpected or mis-shaped key is named."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    check_state_dict(
+        model.state_dict(),
+        state,
+        f"checkpoint to export ({name})",
+        weights,
+        f"the exported {name} ({cfg.MODEL.META_ARCHITECTURE})",
+        hint="Pass the config the checkpoint was trained with (its run's config.yaml) and the "
+        "checkpoint of that run.",
+    )
 
 
 def _write(state, cfg, output_dir: str, name: str) -> Tuple[str, str]:
@@ -101,10 +121,9 @@ def _write(state, cfg, output_dir: str, name: str) -> Tuple[str, str]:
     os.makedirs(output_dir, exist_ok=True)
     w_out = os.path.join(output_dir, f"model_{name}.pth")
     c_out = os.path.join(output_dir, f"config_{name}.yaml")
-    torch.save({"model": state, "__author__": "lgdkd.export"}, w_out)
+    atomic_save({"model": state, "__author__": "lgdkd.export"}, w_out)
     cfg.MODEL.WEIGHTS = os.path.abspath(w_out)
-    with open(c_out, "w") as f:
-        f.write(cfg.dump())
+    atomic_write_text(c_out, cfg.dump())
     return w_out, c_out
 
 
@@ -126,4 +145,5 @@ def export_teacher(cfg, weights: str, output_dir: str) -> Tuple[str, str]:
         )
     tcfg = build_teacher_config(cfg).clone()
     tcfg.defrost()
+    check_exported(state, tcfg, weights, "teacher")
     return _write(state, tcfg, output_dir, "teacher")

@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import lgdkd.modeling  # noqa: E402,F401  (registers lgdkd components)
+from lgdkd.checkpoint import StrictLoadError  # noqa: E402
 from lgdkd.data import apply_num_classes, register_datasets_from_cfg  # noqa: E402
 from lgdkd.engine import load_config  # noqa: E402
 from lgdkd.export import export_student, export_teacher, is_stock_detectron2  # noqa: E402
@@ -60,4 +61,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (StrictLoadError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("LGDKD_TRACEBACK"):
+            raise
+        sys.exit(f"export_student.py: error: {e}")

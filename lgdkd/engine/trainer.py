@@ -6,14 +6,15 @@ What differs from ``DefaultTrainer`` and why:
   (schedules and frozen parts leave parameters without gradient in some iterations), CPU
   models get no ``device_ids``, and the step is a :class:`StepTrainer` (seeded, finite-loss
   check, frozen parameters).
-* ``resume_or_load``: the training loader is replaced by one that starts at the resumed
-  iteration (:class:`ResumableTrainLoader`), so N + resume N iterations equal 2N.
-* checkpoints also hold the optimizer state (momentum; detectron2 v0.6 drops it) and module
-  attributes outside state dicts (RetinaNet's ``loss_normalizer``, :class:`ModuleAttributes`).
-* ``build_optimizer``: a trainable teacher (parameters named ``teacher.*``) gets its own
-  param groups with lr x MODEL.DISTILL.TEACHER.LR_FACTOR; SOLVER.CLIP_GRADIENTS.CLIP_TYPE
-  "full_model" clips the norm of all gradients together (MMDetection's ``grad_clip``) and logs
-  the norm before clipping as ``grad_norm``.
+* ``resume_or_load``: the loading rules of :mod:`lgdkd.engine.checkpointer` (MODEL.WEIGHTS
+  initialises the student only; strict resume from the newest readable checkpoint), then a
+  training loader that starts at the resumed iteration (:class:`ResumableTrainLoader`), so
+  N + resume N iterations equal 2N.
+* checkpoints (:class:`RunCheckpointer`: atomic, without a frozen teacher) also hold the
+  optimizer state (momentum; detectron2 v0.6 drops it) and module attributes outside state
+  dicts (RetinaNet's ``loss_normalizer``, :class:`ModuleAttributes`).
+* ``build_optimizer``: :func:`lgdkd.engine.optim.build_optimizer` (a trainable teacher's own
+  param groups; clipping that skips parameters without a gradient; "full_model" clipping).
 * ``build_evaluator`` / ``test``: COCO or VOC per TEST.EVALUATOR; the teacher is evaluated
   too when MODEL.DISTILL.TEACHER.EVAL (results under ``teacher/<dataset>``).
 * ``build_hooks``: detectron2's hooks, writers every SOLVER.LOG_PERIOD iterations.
@@ -25,7 +26,6 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import (
@@ -34,14 +34,14 @@ from detectron2.evaluation import (
     inference_on_dataset,
     print_csv_format,
 )
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from .. import data as lgdkd_data
+from .checkpointer import RunCheckpointer, load_initial_weights
+from .optim import build_optimizer, teacher_param_groups  # noqa: F401  (public here too)
 from .train_loader import ResumableTrainLoader
 from .train_loop import StepTrainer
 
@@ -57,30 +57,6 @@ def unwrap_model(model):
     if isinstance(model, (DistributedDataParallel, DataParallel)):
         return model.module
     return model
-
-
-def teacher_param_groups(model, param_groups, lr_factor):
-    """Split ``param_groups`` so that the trainable parameters named ``teacher.*`` sit in groups
-    of their own with ``lr * lr_factor`` (other hyper-parameters unchanged).
-
-    Args:
-        param_groups: optimizer param groups, each with an ``"lr"`` (e.g. from detectron2's
-            ``get_default_optimizer_params(model, base_lr=...)``).
-    Returns:
-        the student groups (without teacher parameters) followed by the teacher groups;
-        empty groups are dropped.
-    """
-    teacher = {id(p) for name, p in model.named_parameters() if name.startswith("teacher.")}
-    student_groups, teacher_groups = [], []
-    for group in param_groups:
-        hyper = {k: v for k, v in group.items() if k != "params"}
-        own = [p for p in group["params"] if id(p) not in teacher]
-        theirs = [p for p in group["params"] if id(p) in teacher]
-        if own:
-            student_groups.append({**hyper, "params": own})
-        if theirs:
-            teacher_groups.append({**hyper, "lr": hyper["lr"] * lr_factor, "params": theirs})
-    return student_groups + teacher_groups
 
 
 class Trainer(DefaultTrainer):
@@ -126,7 +102,7 @@ class Trainer(DefaultTrainer):
             amp=cfg.SOLVER.AMP.ENABLED,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
+        self.checkpointer = RunCheckpointer(
             model,
             cfg.OUTPUT_DIR,
             trainer=weakref.proxy(self),
@@ -149,8 +125,18 @@ class Trainer(DefaultTrainer):
             return super().train()
 
     def resume_or_load(self, resume=True):
-        """detectron2's resume_or_load, then a training loader that starts at ``start_iter``."""
-        super().resume_or_load(resume=resume)
+        """With ``resume``, continue from the newest readable checkpoint of OUTPUT_DIR (strict;
+        see :mod:`lgdkd.engine.checkpointer`); otherwise, or when there is none, initialise the
+        student from MODEL.WEIGHTS and start at iteration 0. Then the training loader starts at
+        ``start_iter``."""
+        resumed = self.checkpointer.resume() if resume else None
+        if resumed is not None:
+            # the checkpoint holds the iteration that had just finished
+            self.start_iter = self.iter + 1
+            self._repair_final_checkpoint(resumed["path"])
+        else:
+            self.start_iter = 0
+            load_initial_weights(self.checkpointer.model, self.cfg.MODEL.WEIGHTS)
         loader = self.data_loader
         if hasattr(loader, "start_at"):
             self._trainer.reset_data_loader(loader.start_at(self.start_iter))
@@ -159,6 +145,20 @@ class Trainer(DefaultTrainer):
                 f"{type(loader).__name__} cannot start at iteration {self.start_iter}: the "
                 "resumed run sees other data than an uninterrupted one would."
             )
+
+    def _repair_final_checkpoint(self, resumed_from: str):
+        """A finished run (resumed at the last iteration) whose model_final.pth is missing or
+        unreadable gets it rewritten from the checkpoint it resumed from (nothing to train)."""
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        if self.start_iter < self.max_iter or os.path.abspath(resumed_from) == os.path.abspath(
+            final
+        ):
+            return
+        logger.warning(
+            f"Training had finished but {final} is missing or unreadable: rewriting it from "
+            f"{resumed_from}."
+        )
+        self.checkpointer.save("model_final")
 
     def state_dict(self):
         """Iteration, hook states (LR scheduler) and the step's state (optimizer momentum,
@@ -208,35 +208,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """detectron2's SGD (param groups, SOLVER.CLIP_GRADIENTS) plus the teacher's groups at
-        lr x MODEL.DISTILL.TEACHER.LR_FACTOR. Frozen parameters (requires_grad False) are
-        left out."""
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        params = teacher_param_groups(model, params, cfg.MODEL.DISTILL.TEACHER.LR_FACTOR)
-        clip = cfg.SOLVER.CLIP_GRADIENTS
-        if clip.ENABLED and clip.CLIP_TYPE == "full_model":
-            optimizer = full_model_clipping(torch.optim.SGD, clip.CLIP_VALUE, clip.NORM_TYPE)
-        elif clip.ENABLED and clip.CLIP_TYPE not in ("value", "norm"):
-            raise ValueError(
-                f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r} is not known; use "
-                "'full_model' (norm of all gradients together), 'norm' (per parameter) or "
-                "'value'."
-            )
-        else:
-            optimizer = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
-        return optimizer(
-            params,
-            lr=cfg.SOLVER.BASE_LR,
-            momentum=cfg.SOLVER.MOMENTUM,
-            nesterov=cfg.SOLVER.NESTEROV,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        )
+        """:func:`lgdkd.engine.optim.build_optimizer`: detectron2's SGD, a trainable teacher's
+        own param groups, and gradient clipping that skips parameters without a gradient."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -256,7 +230,12 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """COCOEvaluator or PascalVOCDetectionEvaluator per TEST.EVALUATOR ("auto": by the
         data set's ``evaluator_type`` metadata). COCO results go to
-        ``output_folder`` (default OUTPUT_DIR/inference/<dataset>)."""
+        ``output_folder`` (default OUTPUT_DIR/inference/<dataset>).
+
+        COCO evaluation reads the ground truth with the training rule's boxes
+        (:func:`lgdkd.data.evaluation_ground_truth`: the set's own json when the rule changes
+        nothing, else a sanitised copy in ``output_folder``). VOC evaluation reads the XML
+        boxes as VOC's devkit does (datasets/README.md, "Which boxes are used")."""
         kind = cfg.TEST.EVALUATOR.lower()
         if kind == "auto":
             found = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
@@ -269,7 +248,8 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         if kind == "coco":
-            return COCOEvaluator(dataset_name, output_dir=output_folder)
+            truth = lgdkd_data.evaluation_ground_truth(dataset_name, output_folder)
+            return COCOEvaluator(truth.evaluator_name, output_dir=output_folder)
         if kind == "voc":
             return PascalVOCDetectionEvaluator(dataset_name)
         raise ValueError(f"TEST.EVALUATOR is {cfg.TEST.EVALUATOR!r}; expected auto, coco or voc.")
@@ -367,28 +347,3 @@ def _with_fixed_seed(cfg):
     if frozen:
         cfg.freeze()
     return cfg
-
-
-def full_model_clipping(optimizer_type, max_norm, norm_type=2.0):
-    """A subclass of ``optimizer_type`` whose ``step`` first scales all gradients together so
-    that their joint ``norm_type`` norm is at most ``max_norm`` (MMDetection's
-    ``optimizer_config.grad_clip``), and records the norm before clipping as ``grad_norm``
-    in the event storage when one is open."""
-    if not max_norm > 0:
-        raise ValueError(
-            f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0 for 'full_model' clipping, got "
-            f"{max_norm}."
-        )
-
-    def step(self, closure=None):
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if params:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
-            try:
-                get_event_storage().put_scalar("grad_norm", float(norm), smoothing_hint=False)
-            except (AssertionError, IndexError):  # no storage outside a training loop
-                pass
-        return super(cls, self).step(closure)
-
-    cls = type(optimizer_type.__name__ + "WithFullModelClip", (optimizer_type,), {"step": step})
-    return cls

@@ -220,6 +220,15 @@ class DistillationDetector(nn.Module):
         backbone = self.student.backbone
         return list(getattr(backbone, "bottom_up", backbone).parameters())
 
+    def frozen_weight_files(self) -> Dict[str, str]:
+        """``{state-dict prefix: weights file}`` of the parts loaded from a file of their own
+        and never trained: a frozen pretrained teacher (``"teacher."``). The run's checkpoints
+        leave them out and keep the file's fingerprint instead (lgdkd.engine.checkpointer)."""
+        if self.teacher is None or getattr(self.teacher, "trainable", False):
+            return {}
+        weights = getattr(self.teacher, "weights_file", "")
+        return {"teacher.": weights} if weights else {}
+
     def teacher_for_evaluation(self) -> Optional[nn.Module]:
         """The teacher as a detector for ``inference_on_dataset`` (None when it has none)."""
         if self.teacher is None or not hasattr(self.teacher, "detector_for_evaluation"):

@@ -75,6 +75,8 @@ class PretrainedTeacher(nn.Module):
             strip_prefix="student.",
         )
         logger.info(f"Teacher {type(self.detector).__name__} loaded from {weights}")
+        # not saved in the run's checkpoints: --resume reloads it from here (fingerprinted)
+        self.weights_file = weights
         self.detector.requires_grad_(False)
         self.detector.eval()
         self._adapter = build_adapter(self.detector)

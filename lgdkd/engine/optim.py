@@ -1,0 +1,147 @@
+"""The optimizer of a run: detectron2's SGD param groups, a trainable teacher's own groups and
+gradient clipping that skips parameters without a gradient.
+
+Why not detectron2's ``maybe_add_gradient_clipping`` as is: its per-parameter clippers call
+``torch.nn.utils.clip_grad_value_`` / ``clip_grad_norm_`` on every parameter of the optimizer,
+and recent torch versions fail on a parameter without gradient (``Expected
+!nested_tensorlist[0].empty()``). In distillation runs such parameters are normal: a frozen
+backbone phase (LGD's FREEZE_BACKBONE_ITERS), a distiller switched off by its schedule, an
+unused head. The clippers here leave those parameters alone, as torch's optimizers do.
+"""
+
+import itertools
+
+import torch
+from detectron2.solver.build import get_default_optimizer_params
+from detectron2.utils.events import get_event_storage
+
+__all__ = [
+    "build_optimizer",
+    "full_model_clipping",
+    "per_parameter_clipping",
+    "teacher_param_groups",
+]
+
+
+def teacher_param_groups(model, param_groups, lr_factor):
+    """Split ``param_groups`` so that the trainable parameters named ``teacher.*`` sit in groups
+    of their own with ``lr * lr_factor`` (other hyper-parameters unchanged).
+
+    Args:
+        param_groups: optimizer param groups, each with an ``"lr"`` (e.g. from detectron2's
+            ``get_default_optimizer_params(model, base_lr=...)``).
+    Returns:
+        the student groups (without teacher parameters) followed by the teacher groups;
+        empty groups are dropped.
+    """
+    teacher = {id(p) for name, p in model.named_parameters() if name.startswith("teacher.")}
+    student_groups, teacher_groups = [], []
+    for group in param_groups:
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        own = [p for p in group["params"] if id(p) not in teacher]
+        theirs = [p for p in group["params"] if id(p) in teacher]
+        if own:
+            student_groups.append({**hyper, "params": own})
+        if theirs:
+            teacher_groups.append({**hyper, "lr": hyper["lr"] * lr_factor, "params": theirs})
+    return student_groups + teacher_groups
+
+
+def _put_grad_norm(norm):
+    try:
+        get_event_storage().put_scalar("grad_norm", float(norm), smoothing_hint=False)
+    except (AssertionError, IndexError):  # no storage outside a training loop
+        pass
+
+
+def full_model_clipping(optimizer_type, max_norm, norm_type=2.0):
+    """A subclass of ``optimizer_type`` whose ``step`` first scales all gradients together so
+    that their joint ``norm_type`` norm is at most ``max_norm`` (MMDetection's
+    ``optimizer_config.grad_clip``), and records the norm before clipping as ``grad_norm``
+    in the event storage when one is open. Parameters without gradient are skipped."""
+    if not max_norm > 0:
+        raise ValueError(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0 for 'full_model' clipping, got "
+            f"{max_norm}."
+        )
+
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if params:
+            _put_grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type))
+        return super(cls, self).step(closure)
+
+    cls = type(optimizer_type.__name__ + "WithFullModelClip", (optimizer_type,), {"step": step})
+    return cls
+
+
+def per_parameter_clipping(optimizer_type, clip_type, clip_value, norm_type=2.0):
+    """A subclass of ``optimizer_type`` that clips each parameter's gradient before ``step``,
+    as detectron2's SOLVER.CLIP_GRADIENTS "value" (every element to [-v, v]) or "norm" (each
+    parameter's gradient norm to at most v), skipping parameters without a gradient."""
+    if clip_type not in ("value", "norm"):
+        raise ValueError(f"per_parameter_clipping: clip_type {clip_type!r} not in value, norm")
+    if not clip_value > 0:
+        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0, got {clip_value}.")
+
+    def step(self, closure=None):
+        grads = [
+            p.grad
+            for p in itertools.chain.from_iterable(g["params"] for g in self.param_groups)
+            if p.grad is not None
+        ]
+        for grad in grads:
+            if clip_type == "value":
+                grad.clamp_(min=-clip_value, max=clip_value)
+            else:
+                norm = torch.linalg.vector_norm(grad.detach(), norm_type)
+                grad.mul_((clip_value / (norm + 1e-6)).clamp(max=1.0))
+        return super(cls, self).step(closure)
+
+    name = optimizer_type.__name__ + ("WithValueClip" if clip_type == "value" else "WithNormClip")
+    cls = type(name, (optimizer_type,), {"step": step})
+    return cls
+
+
+def build_optimizer(cfg, model) -> torch.optim.Optimizer:
+    """detectron2's SGD (param groups of ``get_default_optimizer_params``) plus a trainable
+    teacher's groups at lr x MODEL.DISTILL.TEACHER.LR_FACTOR, with SOLVER.CLIP_GRADIENTS:
+
+    * "value" / "norm": per parameter, as detectron2 (``clip_grad_value_`` /
+      ``clip_grad_norm_`` on each parameter's gradient);
+    * "full_model": the norm of all gradients together (MMDetection's ``grad_clip``), logged
+      before clipping as ``grad_norm``.
+
+    Frozen parameters (requires_grad False) are left out; parameters without a gradient at a
+    step are not clipped.
+    """
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    params = teacher_param_groups(model, params, cfg.MODEL.DISTILL.TEACHER.LR_FACTOR)
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    optimizer_type = torch.optim.SGD
+    if clip.ENABLED:
+        if clip.CLIP_TYPE == "full_model":
+            optimizer_type = full_model_clipping(optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE)
+        elif clip.CLIP_TYPE in ("value", "norm"):
+            optimizer_type = per_parameter_clipping(
+                optimizer_type, clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE
+            )
+        else:
+            raise ValueError(
+                f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r} is not known; use "
+                "'full_model' (norm of all gradients together), 'norm' (per parameter) or "
+                "'value'."
+            )
+    return optimizer_type(
+        params,
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
