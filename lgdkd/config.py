@@ -7,7 +7,7 @@ detectron2 config. Only ``from_config`` classmethods and the engine read these k
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 
-__all__ = ["add_lgdkd_config", "get_cfg"]
+__all__ = ["add_lgdkd_config", "check_config", "get_cfg"]
 
 
 def add_lgdkd_config(cfg):
@@ -27,6 +27,21 @@ def add_lgdkd_config(cfg):
 def get_cfg():
     """detectron2's default config with lgdkd's keys added."""
     return add_lgdkd_config(_d2_get_cfg())
+
+
+# backbone builders that honour MODEL.BACKBONE.BN_EVAL
+BN_EVAL_BACKBONES = ("build_resnet_fpn_p6p7_backbone", "build_timm_fpn_p6p7_backbone")
+
+
+def check_config(cfg, source: str = "the config"):
+    """Refuse combinations of keys that would otherwise be silently ignored."""
+    if cfg.MODEL.BACKBONE.BN_EVAL and cfg.MODEL.BACKBONE.NAME not in BN_EVAL_BACKBONES:
+        raise ValueError(
+            f"{source}: MODEL.BACKBONE.BN_EVAL True is only read by the backbones "
+            f"{', '.join(BN_EVAL_BACKBONES)}, not by MODEL.BACKBONE.NAME "
+            f"{cfg.MODEL.BACKBONE.NAME!r}: use one of them (with MODEL.FPN.TOP_BLOCK_IN / "
+            "TOP_BLOCK_RELU for P6/P7) or set BN_EVAL False."
+        )
 
 
 def _add_distill_config(cfg):
@@ -66,7 +81,8 @@ def _add_distill_config(cfg):
     # network started from a trained PAA. "" = no such initialisation.
     D.STUDENT_INIT_WEIGHTS = ""
     # Weight of the student's own detection losses (0: distillation losses only, e.g. LAD's
-    # pure Soft-Label runs; the task losses are then not computed).
+    # pure Soft-Label runs; the task losses are then computed without gradient, for the
+    # targets they assign, which distillers such as LD read, and left out of the total).
     D.TASK_LOSS_WEIGHT = 1.0
 
     # Network that inference (evaluation, the main AP) uses: "student", or "teacher" for a
@@ -136,10 +152,13 @@ def _add_distill_config(cfg):
     # Class code of the label descriptor: "one_hot" (NUM_CLASSES values) or "norm_classes"
     # (label / NUM_CLASSES).
     G.CATEGORY_FORMAT = "one_hot"
-    # Box coordinates in the descriptor are divided by: "image" (each image's own size; the
-    # encoding of a box does not depend on the rest of the batch) or "padded" (the padded batch
-    # size after clamping to it: the official behaviour, batch-dependent).
-    G.BOX_NORMALIZATION = "image"
+    # Box coordinates in the descriptor are divided by: "padded" (the official behaviour: boxes
+    # clamped to the padded batch tensor and divided by its size, context box = the whole padded
+    # tensor; the same box encodes differently with other images in the batch) or "image" (each
+    # image's own size; batch-independent, not what the published numbers used). The default is
+    # the official one so that the published recipes reproduce; "image" is the choice for
+    # batch-size studies.
+    G.BOX_NORMALIZATION = "padded"
     # Mask R-CNN (official Swin-T config): pool appearance inside the instance masks and append
     # a 7x7 mask crop to the descriptor. Needs MODEL.MASK_ON.
     G.LOAD_LABELMAP = False
@@ -307,6 +326,30 @@ def _add_fcos_config(cfg):
     F.SCORE_THRESH_TEST = 0.2
     F.TOPK_CANDIDATES_TEST = 1000
     F.NMS_THRESH_TEST = 0.6
+    # Official FCOS option set: the FCOS of LGD (megvii-research/LGD, cvpods'
+    # meta_arch/fcos.py) and of TF-HEAD (LutingWang/HEAD dev, MMDetection v2's FCOSHead). Each
+    # default is detectron2's behaviour; the official value is in brackets. Everything else
+    # (points at (i + 0.5) * stride, centre sampling 1.5, GIoU, centerness on the box tower,
+    # ReLU'd stride-normalised box outputs, P3-P7 size ranges 0-64-128-256-512-inf) already
+    # matches. See lgdkd/modeling/meta_arch/fcos.py.
+    # A learnable scalar per level (init 1) multiplies the box-regression output before the
+    # ReLU and the stride multiplication; parameters head.scales.<level>.scale. [True]
+    F.SCALE_PER_LEVEL = False
+    # GIoU loss of each positive weighted by its centerness target and divided by the sum of
+    # those targets (averaged over workers with NORM_ACROSS_WORKERS), instead of an unweighted
+    # sum divided by the positive count. [True]
+    F.BOX_LOSS_CENTERNESS_WEIGHTED = False
+    # Loss normaliser = this batch's positive count (at least 1) averaged over workers, no
+    # EMA: batch invariant (1 worker x 2n images == 2 workers x n). False: detectron2's
+    # per-process EMA of the count (momentum 0.9, initial 300). [True]
+    F.NORM_ACROSS_WORKERS = False
+    # Closed per-level size ranges (lo <= largest side distance <= hi) as cvpods'
+    # OBJECT_SIZES_OF_INTEREST and MMDetection's regress_ranges; False: open (lo, hi). [True]
+    F.SIZE_RANGE_INCLUSIVE = False
+    # Inference: SCORE_THRESH_TEST and TOPK_CANDIDATES_TEST select on the class probability p,
+    # detections are scored sqrt(p * centerness) (cvpods). False: select on
+    # sqrt(p * centerness) (detectron2). [True]
+    F.FILTER_ON_CLS_PROB_TEST = False
 
 
 def _add_gfl_config(cfg):
@@ -366,6 +409,12 @@ def _add_gfl_config(cfg):
     cfg.MODEL.FPN.TOP_BLOCK_IN = "p5"
     # ReLU between P6 and P7 (detectron2: True; MMDetection: False).
     cfg.MODEL.FPN.TOP_BLOCK_RELU = False
+    # BatchNorm layers of the bottom-up backbone stay in eval mode during training: statistics
+    # frozen, affine parameters trained (MMDetection's norm_eval=True, e.g. the ResNet students
+    # of HEAD; with detectron2's "FrozenBN" the affine is frozen too). Needs norm "BN" (e.g.
+    # MODEL.RESNETS.NORM "BN") and one of the backbones build_resnet_fpn_p6p7_backbone /
+    # build_timm_fpn_p6p7_backbone; other builders refuse it at start-up.
+    cfg.MODEL.BACKBONE.BN_EVAL = False
 
 
 def _add_paa_config(cfg):
@@ -412,8 +461,11 @@ def _add_paa_config(cfg):
     P.LOSS_WEIGHT_BOX = 1.3
     P.LOSS_WEIGHT_IOU = 0.5
     P.BOX_LOSS_IOU_WEIGHTED = True
-    # Normalisers per worker (False, MMDetection) or averaged over workers (True, the original).
-    P.NORM_ACROSS_GPUS = False
+    # Normalisers (positives, max(positives, images), IoU-target sum): the batch's counts averaged
+    # over workers (True, as kkhoot/PAA: losses independent of how the batch is split over
+    # workers) or this worker's (False, legacy: MMDetection, which LAD/CoLAD trained with).
+    # Identical with one process.
+    P.NORM_ACROSS_GPUS = True
     # Inference: score sqrt(sigmoid(cls) x sigmoid(iou)); per level TOPK_CANDIDATES_TEST anchors,
     # pairs above SCORE_THRESH_TEST, class-wise NMS, score voting with VOTING_SIGMA.
     P.SCORE_THRESH_TEST = 0.05

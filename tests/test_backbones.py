@@ -521,3 +521,46 @@ def test_backbone_configs_build(path):
     else:
         needed = list(cfg.MODEL.RPN.IN_FEATURES) + list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
     assert set(needed) <= set(backbone.output_shape())
+
+
+def test_bn_eval_freezes_statistics_and_trains_the_affine():
+    """MODEL.BACKBONE.BN_EVAL (MMDetection's norm_eval): in training mode the bottom-up BNs
+    use and keep their running statistics, their affine parameters get gradients, and the
+    state dict is the plain FPN's."""
+    from lgdkd.modeling.backbones.top_blocks import BNEvalFPN
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_p6p7_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.TOP_BLOCK_IN = "res5"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    plain = build_backbone(cfg)
+    cfg.MODEL.BACKBONE.BN_EVAL = True
+    torch.manual_seed(0)
+    model = build_backbone(cfg)
+    assert isinstance(model, BNEvalFPN) and type(plain).__name__ == "FPN"
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    model.train()
+    bns = [m for m in model.bottom_up.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert model.fpn_output3.training  # only the bottom-up BNs are held in eval mode
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    out = model(torch.randn(2, 3, 64, 64))
+    sum(o.sum() for o in out.values()).backward()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in bns)
+
+
+def test_bn_eval_is_refused_where_it_would_be_ignored():
+    from lgdkd.config import check_config
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.BN_EVAL = True
+    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    with pytest.raises(ValueError, match="BN_EVAL.*build_resnet_fpn_p6p7_backbone"):
+        check_config(cfg)

@@ -286,7 +286,9 @@ def test_export_checks_the_weights_against_the_config(tiny_cfg, tmp_path):
     export_student(cfg, ckpt, str(tmp_path / "ok"))
     other = cfg.clone()
     other.MODEL.RETINANET.NUM_CONVS = 2
-    with pytest.raises(StrictLoadError, match=r"missing in the file: head.bbox_subnet.2.bias.*head.cls_subnet.2"):
+    with pytest.raises(
+        StrictLoadError, match=r"missing in the file: head.bbox_subnet.2.bias.*head.cls_subnet.2"
+    ):
         export_student(other, ckpt, str(tmp_path / "bad"))
     assert not os.path.exists(tmp_path / "bad" / "model_student.pth")
 
@@ -316,3 +318,16 @@ def test_per_parameter_clipping_skips_parameters_without_gradient(kind):
         assert torch.allclose(p, expected[name], atol=1e-7), name
     for name, p in unused.named_parameters():
         assert torch.equal(p, before[name]), name
+
+
+def test_unreadable_teacher_file_is_named_with_the_reason(tiny_cfg, tmp_path):
+    student = tiny_cfg("retinanet")
+    cfg = _distill(student, _teacher_files(student, tmp_path))
+    weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 3)
+    with pytest.raises(StrictLoadError, match=r"teacher weights .*teacher.pth.*truncated"):
+        build_model(cfg)
+    open(weights, "wb").close()
+    with pytest.raises(StrictLoadError, match=r"teacher weights .*teacher.pth.*empty \(0 bytes\)"):
+        build_model(cfg)

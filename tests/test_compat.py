@@ -785,3 +785,23 @@ def test_compat_status():
     else:
         assert status.startswith("compiled")
         assert not getattr(detectron2._C, "LGDKD_FALLBACK", False)
+
+
+def test_pascal_voc_sets_load(tmp_path):
+    """detectron2 v0.6 reads VOC's image-id list with np.loadtxt(dtype=np.str), which numpy 2
+    refuses: every VOC set (voc_2007_trainval, ...) failed to load."""
+    from detectron2.data.datasets.pascal_voc import load_voc_instances
+
+    for sub in ("Annotations", "ImageSets/Main", "JPEGImages"):
+        (tmp_path / sub).mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Main" / "test.txt").write_text("000001\n000002\n")
+    for i in ("000001", "000002"):
+        (tmp_path / "Annotations" / f"{i}.xml").write_text(
+            "<annotation><size><width>20</width><height>10</height></size><object><name>cat"
+            "</name><difficult>0</difficult><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>9</xmax>"
+            "<ymax>8</ymax></bndbox></object></annotation>"
+        )
+    record, _ = load_voc_instances(str(tmp_path), "test", ["dog", "cat"])
+    assert record["image_id"] == "000001" and record["width"] == 20
+    assert record["annotations"][0]["category_id"] == 1
+    assert record["annotations"][0]["bbox"] == [1.0, 2.0, 9.0, 8.0]

@@ -76,6 +76,24 @@ def test_atss_equals_per_box_reference_on_random_boxes():
         assert got == _atss_reference(anchors, counts, gts, valid), trial
 
 
+def test_atss_near_tie_at_coco_coordinates():
+    """Two anchors 10.000 and 10.002 px from a box centre near (1000, 700): the distance must be
+    exact enough to keep the nearer one (torch.cdist's float32 matrix-product path, which it
+    takes from 25 points on, makes them tie and picked the farther one). The candidates decide
+    the IoU threshold, so float32 must give the float64 result."""
+    c = torch.tensor([1000.3, 700.7])
+    near = c + torch.tensor([[0.0, 0], [2, 1], [-2, 1], [1, -3], [-1, 3], [3, 3], [-3, -3], [4, 0]])
+    nearer, farther = c + torch.tensor([10.0, 0.0]), c + torch.tensor([0.0, 10.002])
+    far = c + torch.stack([torch.arange(30.0) * 7 - 105, torch.full((30,), 60.0)], 1)
+    points = torch.cat([near, nearer[None], farther[None], far])
+    anchors = torch.cat([points - 32, points + 32], 1)
+    gt = torch.tensor([[c[0] - 70, c[1] - 30, c[0] + 70, c[1] + 30]])
+    single = atss_assign(anchors, [len(anchors)], gt, topk=9)
+    double = atss_assign(anchors.double(), [len(anchors)], gt.double(), topk=9)
+    torch.testing.assert_close(single.thresholds.double(), double.thresholds.double())
+    assert torch.equal(single.matched, double.matched)
+
+
 def test_atss_hand_made_boxes():
     anchors, counts, sizes = _layout()
     valid = torch.ones(len(anchors), dtype=torch.bool)
@@ -334,6 +352,27 @@ def test_ld_is_zero_when_the_teacher_equals_the_student(tiny_cfg, tmp_path):
     assert all(v > 0 for v in losses.values()), losses
     same = model.distillers[0](student, student)
     assert all(abs(v.item()) < 1e-6 for v in same.values()), same
+
+
+def test_ld_without_task_losses(tiny_cfg, tmp_path):
+    """MODEL.DISTILL.TASK_LOSS_WEIGHT 0: LD still gets the student's ATSS targets; only the
+    distillation losses are returned and they train the student."""
+    from detectron2.utils.events import EventStorage
+
+    cfg = _ld_cfg(tiny_cfg, tmp_path)
+    cfg.MODEL.DISTILL.TASK_LOSS_WEIGHT = 0.0
+    model = _gfl(cfg)
+    model.train()
+    with EventStorage(0):
+        losses = model(toy_batch(cfg))
+    assert set(losses) == {
+        "loss_distill_ld",
+        "loss_distill_ld_vlr",
+        "loss_distill_kd",
+        "loss_distill_kd_vlr",
+    }
+    sum(losses.values()).backward()
+    assert model.student.head.cls_score.weight.grad.abs().sum() > 0
 
 
 def test_ld_main_term_equals_the_official_sum(tiny_cfg, tmp_path):

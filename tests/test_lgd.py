@@ -100,10 +100,11 @@ def synthetic_outputs(feats, boxes_per_image, classes_per_image, image_sizes):
 # ---------------------------------------------------------------------------------------------
 # the teacher against a per-image reference of the official computation
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("normalization", ["padded", "image"])
 @pytest.mark.parametrize("context", [False, True])
-def test_teacher_equals_per_image_reference(context):
+def test_teacher_equals_per_image_reference(context, normalization):
     torch.manual_seed(0)
-    model = build_model(lgd_cfg(ADD_CONTEXT_BOX=context))
+    model = build_model(lgd_cfg(ADD_CONTEXT_BOX=context, BOX_NORMALIZATION=normalization))
     teacher = model.teacher
     feats = {"p3": torch.randn(4, 32, 12, 16), "p4": torch.randn(4, 32, 6, 8)}
     student = synthetic_outputs(

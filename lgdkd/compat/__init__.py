@@ -12,6 +12,8 @@ Pillow 10). :mod:`lgdkd.compat.hook` installs an import hook that
   torchvision on every device (v0.6 raises on CPU and ignores ``groups`` there);
 * when that fallback is in use, makes ``detectron2.layers.nms.nms_rotated`` raise the same clear
   error as the other rotated-box ops (v0.6 calls a compiled operator directly);
+* gives ``detectron2.data.datasets.pascal_voc`` the ``np.str`` alias numpy 2 removed (VOC sets
+  could not be loaded otherwise);
 * defines ``PIL.Image.LINEAR`` as an alias of ``BILINEAR`` when Pillow lacks it, and lets
   ``RetinaNetHead`` / ``FCOSHead`` be built with ``norm="GN"`` where torch rejects the
   ``GroupNorm(32, 1)`` probe v0.6 builds (both depend on the Pillow / torch version, not on the

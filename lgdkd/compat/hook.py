@@ -14,6 +14,7 @@ _POST_EXEC_PATCHES = {
     "detectron2.layers.nms": "lgdkd.compat.hook:rotated_nms_unavailable",
     "detectron2.evaluation.fast_eval_api": "lgdkd.compat.coco_eval:patch_fast_eval_api",
     "detectron2.modeling.meta_arch.retinanet": "lgdkd.compat.hook:retinanet_norm_probe",
+    "detectron2.data.datasets.pascal_voc": "lgdkd.compat.hook:voc_numpy_str",
 }
 _PRE_EXEC_PATCHES = {
     "detectron2.data.transforms.transform": "lgdkd.compat.hook:pillow_linear_alias",
@@ -62,6 +63,27 @@ def retinanet_norm_probe(module):
         return get_norm(norm, 32 if out_channels == 1 else out_channels)
 
     module.get_norm = get_norm_32_channel_probe
+
+
+class _NumpyWithStr:
+    """numpy, plus the ``np.str`` alias (of ``str``) that numpy 2 removed."""
+
+    str = str
+
+    def __getattr__(self, name):
+        import numpy
+
+        return getattr(numpy, name)
+
+
+def voc_numpy_str(module):
+    """v0.6's ``load_voc_instances`` reads the image-id list with ``np.loadtxt(dtype=np.str)``,
+    which numpy 2 refuses: every Pascal VOC set failed to load. The module (only it) sees a
+    numpy whose ``str`` is the builtin, as numpy < 1.24 had it."""
+    import numpy
+
+    if "str" not in vars(numpy):  # hasattr would trigger numpy's FutureWarning
+        module.np = _NumpyWithStr()
 
 
 def _call(target, module):
@@ -138,6 +160,8 @@ def install():
     # modules imported before the hook existed still get their patches
     if "detectron2.data.transforms.transform" in sys.modules:
         pillow_linear_alias()
+    if "detectron2.data.datasets.pascal_voc" in sys.modules:
+        voc_numpy_str(sys.modules["detectron2.data.datasets.pascal_voc"])
     if "detectron2.layers.deform_conv" in sys.modules:
         _call(
             _POST_EXEC_PATCHES["detectron2.layers.deform_conv"],

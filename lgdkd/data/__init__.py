@@ -6,10 +6,24 @@ The engine calls, in this order, for every process::
     apply_num_classes(cfg)            # NUM_CLASSES keys from the training data
     build_train_loader(cfg) / build_test_loader(cfg, name)
 
+Every set is loaded with one box rule (:mod:`lgdkd.data.annotations`: boxes clipped to their
+image, empty or malformed ones dropped, counts logged and readable with :func:`box_counts`),
+for training, for the test loaders and, through :func:`evaluation_ground_truth`, for the
+ground truth of COCO evaluation.
+
 Importing this package registers nothing; :mod:`lgdkd.data.toy` (a generated set for tests)
 is imported on demand.
 """
 
+from .annotations import (
+    DROP_REASONS,
+    MIN_BOX_SIDE,
+    BoxCounts,
+    box_counts,
+    load_dataset_dicts,
+    sanitize_coco_dict,
+    sanitize_dataset_dicts,
+)
 from .catalog import (
     NUM_CLASSES_KEYS,
     DatasetError,
@@ -27,6 +41,7 @@ from .deepforest import (
     prepare_deepforest,
     register_deepforest,
 )
+from .ground_truth import EvaluationGroundTruth, evaluation_ground_truth
 from .mapper import (
     AnnotatedTestMapper,
     CheckedDatasetMapper,
@@ -38,24 +53,33 @@ from .mapper import (
 )
 
 __all__ = [
+    "DROP_REASONS",
+    "MIN_BOX_SIDE",
     "NUM_CLASSES_KEYS",
+    "BoxCounts",
     "CheckedDatasetMapper",
     "DatasetError",
     "DeepForestError",
+    "EvaluationGroundTruth",
     "ImageReadError",
     "ImageSizeMismatchError",
     "apply_num_classes",
     "AnnotatedTestMapper",
+    "box_counts",
     "build_test_loader",
     "build_train_loader",
     "check_datasets",
     "deepforest_statistics",
     "default_datasets_root",
+    "evaluation_ground_truth",
     "get_train_dataset_dicts",
+    "load_dataset_dicts",
     "num_classes_of",
     "prepare_deepforest",
     "read_coco_categories",
     "register_coco_format",
     "register_datasets_from_cfg",
     "register_deepforest",
+    "sanitize_coco_dict",
+    "sanitize_dataset_dicts",
 ]

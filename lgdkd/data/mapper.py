@@ -6,14 +6,23 @@ keeps detectron2's behaviour and only rewrites those failures into errors naming
 the record's ``image_id`` and the fix.
 """
 
+import itertools
 import logging
 
-from detectron2.data import DatasetMapper
+import torch.utils.data as torchdata
+from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import build_detection_test_loader as _d2_build_test_loader
 from detectron2.data import build_detection_train_loader as _d2_build_train_loader
-from detectron2.data import detection_utils, get_detection_dataset_dicts
-from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.data import detection_utils
+from detectron2.data.build import (
+    filter_images_with_few_keypoints,
+    filter_images_with_only_crowd_annotations,
+    load_proposals_into_dataset,
+    print_instances_class_histogram,
+)
+from detectron2.data.detection_utils import check_metadata_consistency
 
+from .annotations import load_dataset_dicts, usable_boxes_error
 from .catalog import DatasetError
 
 __all__ = [
@@ -89,11 +98,19 @@ class CheckedDatasetMapper(DatasetMapper):
 
 
 def get_train_dataset_dicts(cfg):
-    """Dataset dicts of ``cfg.DATASETS.TRAIN``, filtered as the config asks.
+    """Dataset dicts of ``cfg.DATASETS.TRAIN`` with the box rule applied, filtered as the
+    config asks.
 
-    Like detectron2's loading (``get_detection_dataset_dicts``), except that when
-    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` leaves no image (no record has a non-crowd box)
-    it raises a DatasetError saying so, instead of a bare assertion.
+    Like detectron2's ``get_detection_dataset_dicts``, except that each set goes through
+    :func:`lgdkd.data.annotations.load_dataset_dicts` (boxes clipped to their image, empty
+    and malformed ones dropped, counts logged once per set) and that a set left without data
+    raises a DatasetError instead of a bare assertion:
+
+    * a set whose boxes were all dropped by the rule, whatever
+      ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` says (its counts and the fix are named);
+    * no box at all in any set while ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` is on (it would
+      remove every image). With the option off, a set of background images only is trained
+      on, with a warning.
 
     Returns:
         list[dict] in detectron2's dataset format.
@@ -101,21 +118,30 @@ def get_train_dataset_dicts(cfg):
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise DatasetError("DATASETS.TRAIN is empty: name at least one registered data set.")
-    try:
-        dicts = get_detection_dataset_dicts(
-            names,
-            filter_empty=False,
-            min_keypoints=(
-                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
-            ),
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-        )
-    except AssertionError as e:
-        raise DatasetError(f"Cannot load DATASETS.TRAIN {tuple(names)}: {e}") from e
-    if not isinstance(dicts, list) or not dicts or "annotations" not in dicts[0]:
+    per_set, counts = zip(*(load_dataset_dicts(name, with_counts=True) for name in names))
+    per_set = list(per_set)
+    for name, dicts in zip(names, per_set):
+        if not len(dicts):
+            raise DatasetError(f"DATASETS.TRAIN set {name!r} is empty: it has no image.")
+    if cfg.MODEL.LOAD_PROPOSALS:
+        files = cfg.DATASETS.PROPOSAL_FILES_TRAIN
+        if len(files) != len(names):
+            raise DatasetError(
+                f"DATASETS.PROPOSAL_FILES_TRAIN has {len(files)} file(s) for the "
+                f"{len(names)} set(s) of DATASETS.TRAIN {tuple(names)}."
+            )
+        per_set = [load_proposals_into_dataset(d, f) for d, f in zip(per_set, files)]
+    if isinstance(per_set[0], torchdata.Dataset):
+        return torchdata.ConcatDataset(per_set)
+    dicts = list(itertools.chain.from_iterable(per_set))
+    if "annotations" not in dicts[0]:
         return dicts
-    with_boxes = sum(any(a.get("iscrowd", 0) == 0 for a in d.get("annotations", [])) for d in dicts)
-    if with_boxes == 0:
+
+    counts = [c for c in counts if c is not None]
+    emptied = [c for c in counts if c.boxes - c.crowd > 0 and c.usable == 0]
+    if emptied:
+        raise usable_boxes_error(emptied)
+    if sum(c.usable for c in counts) == 0:
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
             raise DatasetError(
                 f"DATASETS.TRAIN {tuple(names)} has {len(dicts)} images but none with a "
@@ -129,6 +155,16 @@ def get_train_dataset_dicts(cfg):
         )
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         dicts = filter_images_with_only_crowd_annotations(dicts)
+    if cfg.MODEL.KEYPOINT_ON and cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE > 0:
+        dicts = filter_images_with_few_keypoints(
+            dicts, cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+        )
+    try:
+        classes = MetadataCatalog.get(names[0]).thing_classes
+        check_metadata_consistency("thing_classes", names)
+        print_instances_class_histogram(dicts, classes)
+    except AttributeError:  # as detectron2: sets without class names are not checked
+        pass
     return dicts
 
 
@@ -155,6 +191,13 @@ class AnnotatedTestMapper(CheckedDatasetMapper):
 def build_test_loader(cfg, dataset_name, keep_annotations: bool = False):
     """detectron2's inference loader of one registered set, with :class:`CheckedDatasetMapper`
     (``is_train=False``: test-time resize, annotations dropped, batch size 1), or with
-    :class:`AnnotatedTestMapper` when ``keep_annotations``."""
+    :class:`AnnotatedTestMapper` when ``keep_annotations``. The set is loaded with the box
+    rule (:func:`lgdkd.data.annotations.load_dataset_dicts`), as for training."""
     mapper = AnnotatedTestMapper(cfg) if keep_annotations else CheckedDatasetMapper(cfg, False)
-    return _d2_build_test_loader(cfg, dataset_name, mapper=mapper)
+    dicts = load_dataset_dicts(dataset_name)
+    if not len(dicts):
+        raise DatasetError(f"Data set {dataset_name!r} is empty: it has no image.")
+    if cfg.MODEL.LOAD_PROPOSALS:
+        index = list(cfg.DATASETS.TEST).index(dataset_name)
+        dicts = load_proposals_into_dataset(dicts, cfg.DATASETS.PROPOSAL_FILES_TEST[index])
+    return _d2_build_test_loader(dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)

@@ -20,7 +20,7 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import get_cfg
+from ..config import check_config, get_cfg
 from ..data import apply_num_classes, register_datasets_from_cfg
 
 __all__ = [
@@ -142,6 +142,10 @@ def load_config(args) -> CfgNode:
         raise err from None
     if config_file and not _sets_output_dir(config_file, opts):
         cfg.OUTPUT_DIR = derive_output_dir(config_file)
+    try:
+        check_config(cfg, f"config file {config_file}" if config_file else "the config")
+    except ValueError as e:
+        raise ConfigKeyError(str(e)) from None
     return cfg
 
 

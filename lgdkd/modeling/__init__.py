@@ -1,6 +1,7 @@
 """Importing this package registers every lgdkd component in detectron2's and lgdkd's
 registries: meta-architectures (DistillationDetector, FCOS), backbones, teachers, assigners,
-distillers and student adapters."""
+distillers and student adapters. It also makes detectron2's RetinaNet normalise its losses by
+the positives of the whole batch over all workers (:mod:`lgdkd.modeling.meta_arch.retinanet`)."""
 
 from . import backbones  # noqa: F401
 from .assigners import ASSIGNER_REGISTRY, build_assigner  # noqa: F401

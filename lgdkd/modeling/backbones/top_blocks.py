@@ -8,6 +8,8 @@ the GFocal, LD, PAA and LAD models were trained with, computes P6 from the FPN o
 (``relu_before_extra_convs=False``). A checkpoint converted from MMDetection, or a
 reproduction of those papers' numbers, needs the latter.
 
+MODEL.BACKBONE.BN_EVAL keeps the bottom-up BatchNorms in eval mode (:class:`BNEvalFPN`).
+
 Keys (read by the two builders below):
     MODEL.FPN.TOP_BLOCK_IN: "res5" (C5, detectron2 RetinaNet) or "p5" (the FPN output; MMDetection
         and detectron2's FCOS).
@@ -25,6 +27,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
 __all__ = [
+    "BNEvalFPN",
     "LastLevelP6P7Configurable",
     "build_resnet_fpn_p6p7_backbone",
     "build_timm_fpn_p6p7_backbone",
@@ -72,9 +75,25 @@ def _top_block(cfg, bottom_up, out_channels: int) -> LastLevelP6P7Configurable:
     )
 
 
+class BNEvalFPN(FPN):
+    """detectron2's FPN whose bottom-up BatchNorm layers stay in eval mode while the model
+    trains: running statistics frozen, affine parameters trained (MMDetection's
+    ``norm_eval=True`` with ``requires_grad=True``, the ResNet setting of its RetinaNet and
+    Faster R-CNN configs). Same modules and state dict as FPN; MODEL.BACKBONE.BN_EVAL."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for m in self.bottom_up.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+
 def _fpn(cfg, bottom_up) -> FPN:
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
+    cls = BNEvalFPN if cfg.MODEL.BACKBONE.BN_EVAL else FPN
+    return cls(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from ...utils.dist import mean_over_workers
+from ...utils.dist import count_over_workers
 from ..assigners.regions import gt_box_masks, valid_region_masks
 from ..outputs import Assignment, DetectorOutputs
 from .build import DISTILLER_REGISTRY
@@ -176,6 +176,6 @@ class FeatureMimicDistiller(nn.Module):
                 pred, target = instance_norm(pred), instance_norm(target)
             m = masks[s].to(pred.dtype)
             sq = ((pred - target) ** 2 * m).sum()
-            count = mean_over_workers(m.sum() * target.shape[1]).clamp(min=1.0)
+            count = count_over_workers(m.sum() * target.shape[1])
             total = total + sq / count
         return {"loss_distill_feature_mimic": self.loss_weight * total / len(self.pairs)}

@@ -27,7 +27,6 @@ from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
@@ -37,7 +36,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ..meta_arch.fcos import FCOS
+from ...utils.dist import count_over_workers
+from ..meta_arch.fcos import FCOS, FCOSHead
 from ..outputs import DetectorOutputs
 from .build import DISTILLER_REGISTRY
 
@@ -345,12 +345,18 @@ def anchor_feature_loss(adapter: nn.Module, towers: List[Tensor], rows: Tensor, 
     """CKD (and TF-HEAD's self_rcnn): MSE between the adapted tower vector at each RoI's
     anchor location, ``towers[level][img, :, y, x]``, and ``target`` (S, D) of that RoI;
     ``rows`` (S, 5) = (img, level, y, x, a). Ground-truth rows (level -1) are left out; a
-    decouple adapter takes the slice of anchor a."""
+    decouple adapter takes the slice of anchor a.
+
+    The number of rows left varies per image (its sampled ground-truth rows), so the mean is
+    taken over the elements of the whole batch (count averaged over workers: the official
+    per-GPU mean made independent of how the batch is split); 0, with a graph, without rows.
+    """
     keep = rows[:, 1] >= 0
     rows = rows[keep]
     vec = _gather_tower(towers, rows)
     pred = adapter(vec, rows[:, 4]) if isinstance(adapter, _Decouple) else adapter(vec)
-    return _mse(pred, target[keep].detach())
+    count = count_over_workers(pred.new_tensor(float(pred.numel())))
+    return ((pred - target[keep].detach()) ** 2).sum() / count
 
 
 class _HEADBase(nn.Module):
@@ -596,15 +602,9 @@ class _ShapeOnlyBackbone(Backbone):
 
 
 def _fcos_head_with_towers(head: FCOSHead, features: List[Tensor]):
-    """``FCOSHead.forward`` that also returns the cls-tower output per level."""
-    logits, deltas, ctr, towers = [], [], [], []
-    for x in features:
-        t = head.cls_subnet(x)
-        towers.append(t)
-        logits.append(head.cls_score(t))
-        b = head.bbox_subnet(x)
-        deltas.append(head.bbox_pred(b))
-        ctr.append(head.ctrness(b))
+    """``FCOSHead.forward`` (the same code path, per-level scales included) that also returns
+    the cls-tower output per level: ``([logits, deltas, centerness], towers)``."""
+    logits, deltas, ctr, towers = head.forward_with_towers(features)
     return [logits, deltas, ctr], towers
 
 
@@ -663,6 +663,11 @@ class TFHEADDistiller(_HEADBase):
         self.fcos = None
         if t.FCOS_ASSIST:
             shapes = [student_shape[f] for f in head_in]
+            # MMDetection v2's FCOSHead as the dev branch configures it (configs/kd/
+            # retina_fcos_faster.py: norm_on_bbox, centerness_on_reg, center_sampling 1.5,
+            # conv_bias, GN(32), 4 convs; fcos_head.py: a Scale per level, GIoU weighted by the
+            # centerness targets, reduce_mean'd positive count, closed regress_ranges). The
+            # assistant never runs inference, so the test-time options do not matter.
             self.fcos = FCOS(
                 backbone=_ShapeOnlyBackbone({f: student_shape[f] for f in head_in}),
                 head=FCOSHead(
@@ -671,12 +676,16 @@ class TFHEADDistiller(_HEADBase):
                     num_classes=self.num_classes,
                     norm="GN",
                     prior_prob=0.01,
+                    scale_per_level=True,
                 ),
                 head_in_features=head_in,
                 num_classes=self.num_classes,
                 center_sampling_radius=1.5,
                 pixel_mean=cfg.MODEL.PIXEL_MEAN,
                 pixel_std=cfg.MODEL.PIXEL_STD,
+                box_loss_centerness_weighted=True,
+                norm_across_workers=True,
+                size_range_inclusive=True,
             )
             self.self_fcos_conv = nn.Conv2d(c, c, kernel_size=1)
         out = _activation_shapes(

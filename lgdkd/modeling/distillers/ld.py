@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ...layers import class_kd_kl, localization_kl
-from ...utils.dist import mean_over_workers
+from ...utils.dist import count_over_workers, mean_over_workers
 from ..assigners.atss import vlr_region
 from ..meta_arch.gfl import GFL, GFLTargets, gfl_targets_of
 from ..outputs import DetectorOutputs
@@ -187,9 +187,9 @@ class LDDistiller(nn.Module):
         levels = level_of[None].expand_as(mask)[mask]
         sums = torch.zeros(num_levels, dtype=kd.dtype, device=kd.device).index_add_(0, levels, kd)
         counts = torch.bincount(levels, minlength=num_levels).to(kd.dtype)
-        if self.norm != "legacy":
-            counts = mean_over_workers(counts)
-        return (sums / counts.clamp(min=1.0)).sum()
+        if self.norm == "legacy":
+            return (sums / counts.clamp(min=1.0)).sum()
+        return (sums / count_over_workers(counts)).sum()
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs, assignment=None):
@@ -267,5 +267,5 @@ class LDDistiller(nn.Module):
             return weighted_sum / divisor + zero
         if self.norm == "per_image":
             return weighted_sum / divisor * self._image_factor(n, weighted_sum) + zero
-        total = mean_over_workers(weight_sum).clamp(min=1e-6)
+        total = count_over_workers(weight_sum, minimum=1e-6)
         return weighted_sum / (4.0 * total) + zero

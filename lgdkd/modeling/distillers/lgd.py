@@ -11,7 +11,7 @@ from typing import Dict
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from ...utils.dist import mean_over_workers
+from ...utils.dist import count_over_workers
 from ..assigners.regions import valid_region_masks
 from ..outputs import DetectorOutputs
 from .build import DISTILLER_REGISTRY
@@ -105,5 +105,5 @@ class LGDDistiller(nn.Module):
                 sq = sq + err.sum()
                 count = count + err.numel()
         if self.region == "valid":
-            count = mean_over_workers(count).clamp(min=1.0)
+            count = count_over_workers(count)
         return {"loss_distill_lgd": self.loss_weight * sq / count}

@@ -6,8 +6,8 @@ p = sigmoid(student logit), t = sigmoid(teacher logit) and ``focal_binary_kl`` (
 binary KL, gamma = MODEL.DISTILL.SOFT_LABEL.GAMMA, no temperature):
 
 * region: valid anchors whose teacher-decoded box (clipped to the image) has IoU > MIN_IOU with
-  a ground-truth box of its image; w_a = that largest IoU; W = sum of w over the region
-  (averaged over workers, at least 1);
+  a ground-truth box of its image; w_a = that largest IoU; W = sum of w over the region of the
+  whole batch (at least 1), divided by the number of workers;
 * ``loss_distill_soft_cls``: focal KL of the K class logits over every valid anchor / W;
 * ``loss_distill_soft_iou``: focal KL of the IoU logit over the region / W;
 * ``loss_distill_soft_box``: GIoU loss of the student's decoded box against the teacher's,
@@ -27,7 +27,7 @@ from fvcore.nn import giou_loss
 from torch import Tensor, nn
 
 from ...layers import focal_binary_kl
-from ...utils.dist import mean_over_workers
+from ...utils.dist import count_over_workers
 from ..outputs import DetectorOutputs
 from .build import DISTILLER_REGISTRY
 
@@ -72,7 +72,7 @@ class SoftLabelDistiller(nn.Module):
                     best[i] = pairwise_iou(Boxes(t_boxes[i]), gt.gt_boxes).amax(dim=1)
             region = valid & (best > self.min_iou)
             w = best[region]
-            norm = mean_over_workers(w.sum()).clamp(min=1.0)
+            norm = count_over_workers(w.sum())
         out: Dict[str, Tensor] = {}
         out["loss_distill_soft_cls"] = (
             self.cls_weight

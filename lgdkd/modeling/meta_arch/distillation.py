@@ -4,6 +4,7 @@ distillers, driven through a stateless student adapter."""
 import logging
 from typing import Dict, List, Optional
 
+import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
@@ -48,7 +49,7 @@ class DistillationDetector(nn.Module):
        ``assigner(student, teacher)``;
     3. ``adapter.task_losses``: the student's own detection losses (on the assigner's targets
        when it supplies ``extras["label_anchors"]``), times MODEL.DISTILL.TASK_LOSS_WEIGHT
-       (not computed when 0);
+       (with 0 they are computed without gradient, for the targets they assign, and left out);
     4. a trainable teacher's own losses, ``teacher.losses(student_model, adapter, student,
        teacher)``, every iteration (they train the teacher, not the student's distillation);
     5. each distiller's losses, multiplied by w. When w = 0 a distiller with
@@ -187,6 +188,11 @@ class DistillationDetector(nn.Module):
         if self.task_loss_weight != 0:
             task = self._adapter.task_losses(self.student, student_out, assignment)
             losses.update({k: v * self.task_loss_weight for k, v in task.items()})
+        else:
+            # the student's targets (which distillers such as LD read) are assigned where its
+            # losses are computed: they are computed without gradient and left out
+            with torch.no_grad():
+                self._adapter.task_losses(self.student, student_out, assignment)
 
         def add(out):
             for k in out:

@@ -50,7 +50,7 @@ from ...layers import (
     quality_focal_loss,
     voting_cluster_diou_nms,
 )
-from ...utils.dist import mean_over_workers
+from ...utils.dist import count_over_workers
 from ..assigners.atss import atss_assign, grid_anchors, valid_anchor_mask
 
 __all__ = ["GFL", "GFLHead", "GFLTargets", "aligned_iou"]
@@ -384,9 +384,9 @@ class GFL(DenseDetector):
         logits, reg = flat[0].float(), flat[1].float()
         pos = targets.positive
         n_img = pos.shape[0]
-        # N_pos: sum over images of max(positives, 1), averaged over workers, at least 1
+        # N_pos: sum over the batch's images of max(positives, 1), / workers (count_over_workers)
         per_image = pos.sum(dim=1).clamp(min=1).sum().float()
-        num_pos = mean_over_workers(per_image).clamp(min=1.0)
+        num_pos = count_over_workers(per_image)
 
         strides = targets.strides[None].expand(n_img, -1)[pos]  # (P,)
         points = targets.centers[None].expand(n_img, -1, -1)[pos] / strides[:, None]
@@ -417,7 +417,7 @@ class GFL(DenseDetector):
             )
         loss_qfl = qfl.sum() / num_pos
 
-        weight_sum = mean_over_workers(weights.sum()).clamp(min=1e-6)
+        weight_sum = count_over_workers(weights.sum(), minimum=1e-6)
         if self.box_loss == "giou":
             box = giou_loss(pred_boxes, gt_boxes, reduction="none")
         else:

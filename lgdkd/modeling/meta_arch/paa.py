@@ -19,7 +19,9 @@ Shape shorthand: N images, R anchors (one per location, level-major), K = MODEL.
   anchors / max(positives, images), GIoU loss on positives (weighted by each positive's IoU
   target and divided by their sum; plain mean when BOX_LOSS_IOU_WEIGHTED is False, LAD's
   student loss), and BCE of the IoU logit against IoU(detached decoded box, its box) / positives.
-  Normalisers are per worker (MMDetection) or averaged over workers (NORM_ACROSS_GPUS).
+  The counts of these normalisers are the batch's averaged over workers (NORM_ACROSS_GPUS, as
+  kkhoot/PAA; the loss does not depend on how the batch is split) or this worker's (legacy:
+  MMDetection, which LAD and CoLAD trained with); with one process both are the same.
 * Inference: score = sqrt(sigmoid(cls) x sigmoid(IoU)); per level the TOPK_CANDIDATES_TEST
   anchors of highest max score, (box, class) pairs above SCORE_THRESH_TEST, class-wise NMS,
   TEST.DETECTIONS_PER_IMAGE, then score voting (:func:`lgdkd.layers.paa_score_voting`).
@@ -36,6 +38,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import Tensor, nn
@@ -155,7 +158,7 @@ class PAA(DenseDetector):
         loss_weight_box: float = 1.3,
         loss_weight_iou: float = 0.5,
         box_loss_iou_weighted: bool = True,
-        norm_across_gpus: bool = False,
+        norm_across_gpus: bool = True,
         gmm_max_iter: int = 100,
         gmm_tol: float = 1e-3,
         gmm_reg_covar: float = 1e-6,
@@ -309,8 +312,22 @@ class PAA(DenseDetector):
         targets = self.label_anchors(features, gt_instances, predictions)
         return self.losses(targets, predictions)
 
-    def _normaliser(self, value: Tensor) -> Tensor:
-        return mean_over_workers(value) if self.norm_across_gpus else value.detach()
+    def _normalisers(self, num_pos: Tensor, n_img: int, iou_sum: Tensor) -> Tuple[Tensor, ...]:
+        """(classification, positives, IoU-target sum) normalisers from this worker's positive
+        count, images and sum of IoU targets (0-dim tensors).
+
+        The classification one is MMDetection's max(positives, images). With NORM_ACROSS_GPUS
+        all three are the whole batch's / W: both counts are averaged over the W workers before
+        the max, and the clamps' bounds are divided by W (as in
+        :func:`lgdkd.utils.dist.count_over_workers`), so that the losses averaged over workers
+        by DDP are the one-process losses on the whole batch. Legacy: this worker's counts.
+        Always computed, also without positives: the all-reduce is collective.
+        """
+        local = torch.stack([num_pos, num_pos.new_tensor(float(n_img)), iou_sum]).detach()
+        world = comm.get_world_size() if self.norm_across_gpus else 1
+        pos, img, iou = mean_over_workers(local) if self.norm_across_gpus else local
+        cls_norm = torch.maximum(pos, img).clamp(min=1.0 / world)
+        return cls_norm, pos.clamp(min=1.0 / world), iou.clamp(min=1e-12 / world)
 
     def losses(self, targets: PAATargets, predictions) -> dict:
         logits, deltas, iou_logits = self.flatten_predictions(predictions)
@@ -321,28 +338,34 @@ class PAA(DenseDetector):
                 f"PAA targets cover {pos.shape[1]} anchors but the head predicts "
                 f"{logits.shape[1]}: targets from a network with another anchor layout."
             )
-        num_pos_local = pos.sum().float()
-        cls_norm = self._normaliser(torch.clamp(num_pos_local, min=float(n_img)))
-        pos_norm = self._normaliser(num_pos_local).clamp(min=1.0)
-
-        onehot = F.one_hot(targets.labels[valid], self.num_classes + 1)[:, :-1].to(logits.dtype)
-        loss_cls = sigmoid_focal_loss(
-            logits[valid].float(),
-            onehot.float(),
-            alpha=self.focal_alpha,
-            gamma=self.focal_gamma,
-            reduction="sum",
-        ) / cls_norm.clamp(min=1.0)
-
+        num_pos = pos.sum().float()
         if bool(pos.any()):
             anchors = targets.anchors[None].expand(n_img, -1, -1)[pos]
             pred = self.decode(deltas[pos], anchors)
             gt = targets.matched_boxes[pos].float()
             iou_target = aligned_iou(pred.detach(), gt)
+            iou_weight = iou_target.clamp(min=1e-12)
+            iou_sum = iou_weight.sum()
+        else:
+            iou_sum = num_pos.new_zeros(())
+        cls_norm, pos_norm, iou_norm = self._normalisers(num_pos, n_img, iou_sum)
+
+        onehot = F.one_hot(targets.labels[valid], self.num_classes + 1)[:, :-1].to(logits.dtype)
+        loss_cls = (
+            sigmoid_focal_loss(
+                logits[valid].float(),
+                onehot.float(),
+                alpha=self.focal_alpha,
+                gamma=self.focal_gamma,
+                reduction="sum",
+            )
+            / cls_norm
+        )
+
+        if bool(pos.any()):
             giou = giou_loss(pred, gt, reduction="none")
             if self.box_loss_iou_weighted:
-                w = iou_target.clamp(min=1e-12)
-                loss_box = (giou * w).sum() / self._normaliser(w.sum()).clamp(min=1e-12)
+                loss_box = (giou * iou_weight).sum() / iou_norm
             else:
                 loss_box = giou.sum() / pos_norm
             loss_iou = (

@@ -4,8 +4,9 @@ It follows the structure of megvii-research/LGD's ``DynamicTeacher``: all boxes 
 one sequence of T rows (context box last in each image), Python loops over images for mask
 construction, pooling and painting, and a (T, T) block mask for the attention. It reuses a
 :class:`~lgdkd.modeling.teachers.LabelGuidedTeacher`'s modules, so both must give the same maps.
-Supports the "image" box normalisation, one-hot class codes, "stuGuided" attention, summed
-overlaps and box masks (the defaults).
+Supports both box normalisations ("padded": the official clamp to the padded batch and division
+by its size, context box [0, 0, Wi, Hi]; "image": each image's own size), one-hot class codes,
+"stuGuided" attention, summed overlaps and box masks.
 """
 
 import torch
@@ -22,16 +23,21 @@ def reference_teacher(teacher, student: DetectorOutputs):
     Hi, Wi = images.tensor.shape[-2:]
     C = teacher.channels
     descs, boxes = [], []
+    padded = teacher.normalize_by == "padded"
     for inst, (h, w) in zip(student.gt_instances, images.image_sizes):
         b = inst.gt_boxes.tensor.clone()
         k = teacher.num_classes
         code = F.one_hot(inst.gt_classes, k).float()
+        # official: context box [0, 0, Wi, Hi], every box clamped to [0, Wi-1] x [0, Hi-1],
+        # coordinates divided by (Wi, Hi) of the padded batch
+        W_ref, H_ref = (Wi, Hi) if padded else (w, h)
+        x_hi, y_hi = (Wi - 1, Hi - 1) if padded else (w, h)
         if teacher.context_box:
-            b = torch.cat([b, b.new_tensor([[0.0, 0.0, float(w), float(h)]])])
+            b = torch.cat([b, b.new_tensor([[0.0, 0.0, float(W_ref), float(H_ref)]])])
             code = torch.cat([code, code.new_zeros(1, k)])
-        b[:, 0::2] = b[:, 0::2].clamp(0, w)
-        b[:, 1::2] = b[:, 1::2].clamp(0, h)
-        norm = b / b.new_tensor([w, h, w, h])
+        b[:, 0::2] = b[:, 0::2].clamp(0, x_hi)
+        b[:, 1::2] = b[:, 1::2].clamp(0, y_hi)
+        norm = b / b.new_tensor([W_ref, H_ref, W_ref, H_ref])
         descs.append(torch.cat([norm, code], 1) * 2 - 1)
         if teacher.context_box:
             b[-1] = b.new_tensor([0.0, 0.0, Wi - 1.0, Hi - 1.0])

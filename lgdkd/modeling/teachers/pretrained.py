@@ -29,7 +29,7 @@ def build_teacher_config(cfg):
     config (a teacher-assistant chain) describes its student: that student is the teacher.
     Class counts follow the teacher's own training data, as they did when it was trained.
     """
-    from ...config import get_cfg
+    from ...config import check_config, get_cfg
     from ...data import apply_num_classes, register_datasets_from_cfg
 
     t = cfg.MODEL.DISTILL.TEACHER
@@ -41,6 +41,7 @@ def build_teacher_config(cfg):
     tcfg = get_cfg()
     tcfg.merge_from_file(t.CONFIG_FILE)
     tcfg.merge_from_list(list(t.OPTS))
+    check_config(tcfg, f"teacher config {t.CONFIG_FILE}")
     tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     if tcfg.MODEL.META_ARCHITECTURE == "DistillationDetector":
         tcfg.MODEL.META_ARCHITECTURE = tcfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
@@ -126,8 +127,8 @@ def channels_reversed(cfg, tcfg) -> bool:
 
 def _pad_like(images: ImageList, like: ImageList, divisibility: int) -> ImageList:
     """``images`` zero-padded (bottom/right, as ImageList pads) to the padded size of ``like``
-    when that is larger and a multiple of the teacher's ``divisibility``: e.g. a Faster R-CNN
-    teacher (P2-P6, pads to 32) on a RetinaNet student's batch (P3-P7, pads to 128) sees the
+    when that is larger and a multiple of the teacher's ``divisibility``: a teacher whose
+    backbone pads less than the student's (e.g. to 32 against a student padding to 64) sees the
     student's padded tensor, and its feature maps stay aligned with the image."""
     h, w = images.tensor.shape[-2:]
     th, tw = like.tensor.shape[-2:]
