@@ -3,7 +3,7 @@ written the way MMDetection's PAAHead does it, on the same real candidate costs,
 
     python tools/benchmark_paa_assign.py                       # DeepForest train tiles, CPU
     python tools/benchmark_paa_assign.py \
-        --weights output/LAD/DeepForest/paa_EffLite0_teacher/seed1/model_final.pth
+        --weights output/LAD/DeepForest/paa_EffLite0_teacher/model_final.pth
     python tools/benchmark_paa_assign.py --device cuda --batch 8
 
 For each batch of DeepForest training tiles, a PAA detector (configs/LAD/DeepForest/

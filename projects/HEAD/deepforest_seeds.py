@@ -1,12 +1,17 @@
 """RetinaNet baseline vs Assist vs HEAD vs TF-HEAD on DeepForest: trains the Faster R-CNN teacher
 (once), then each student for several seeds, evaluates every run and prints a markdown table of
-mean and spread of AP / AP50 / AP75 (also written to OUTPUT/summary.md).
+mean and spread of AP / AP50 / AP75 and each student's paired comparison with the baseline
+(per-seed differences, 95 % CI, Welch p, pooled seed std, verdict on --primary, AP50 by
+default), also written to OUTPUT/summary.md.
 
     python projects/HEAD/deepforest_seeds.py
     python projects/HEAD/deepforest_seeds.py --methods baseline head --seeds 1 2
     python projects/HEAD/deepforest_seeds.py --jobs 8        # several runs at a time (GPU)
 
-Finished runs are not repeated, so the script can be stopped and started again.
+Runs go to OUTPUT/<config name>/<key>/seed<k>, the key being a hash of the resolved config, the
+weights it names and its teacher's config and weights (tools/seed_runs.py). Finished runs under
+the same key are not repeated, so the script can be stopped and started again; an edited config
+or a retrained teacher gives new keys, and so new runs.
 """
 
 import argparse

@@ -1,6 +1,8 @@
 """PAA baseline vs LAD vs SoLAD vs CoLAD on DeepForest: trains the PAA teacher (once), then each
 student for several seeds, evaluates every run and prints a markdown table of mean and spread
-of AP / AP50 / AP75 (also written to OUTPUT/summary.md).
+of AP / AP50 / AP75 and each student's paired comparison with the baseline (per-seed
+differences, 95 % CI, Welch p, pooled seed std, verdict on --primary, AP50 by default), also
+written to OUTPUT/summary.md.
 
     python projects/LAD/deepforest_seeds.py
     python projects/LAD/deepforest_seeds.py --seeds 1 2 3 --output output/LAD/DeepForest
@@ -8,7 +10,10 @@ of AP / AP50 / AP75 (also written to OUTPUT/summary.md).
     python projects/LAD/deepforest_seeds.py --jobs 6 \
         --teacher-config configs/LAD/DeepForest/paa_EffLite0_teacher_ms4x.yaml   # on a GPU
 
-Finished runs are not repeated, so the script can be stopped and started again.
+Runs go to OUTPUT/<config name>/<key>/seed<k>, the key being a hash of the resolved config, the
+weights it names and its teacher's config and weights (tools/seed_runs.py). Finished runs under
+the same key are not repeated, so the script can be stopped and started again; an edited config
+or a retrained teacher gives new keys, and so new runs.
 """
 
 import argparse
