@@ -2,7 +2,7 @@
 
 The engine calls, in this order, for every process::
 
-    register_datasets_from_cfg(cfg)   # DeepForest + DATASETS.COCO_FORMAT, names checked
+    register_datasets_from_cfg(cfg)   # DeepForest, proving ground + DATASETS.COCO_FORMAT
     apply_num_classes(cfg)            # NUM_CLASSES keys from the training data
     build_train_loader(cfg) / build_test_loader(cfg, name)
 
@@ -41,6 +41,7 @@ from .deepforest import (
     prepare_deepforest,
     register_deepforest,
 )
+from .fashion_mnist import FashionMnistError
 from .ground_truth import EvaluationGroundTruth, evaluation_ground_truth
 from .mapper import (
     AnnotatedTestMapper,
@@ -50,6 +51,13 @@ from .mapper import (
     build_test_loader,
     build_train_loader,
     get_train_dataset_dicts,
+)
+from .proving_ground import (
+    ProvingGroundError,
+    ProvingGroundOptions,
+    prepare_proving_ground,
+    proving_ground_statistics,
+    register_proving_ground,
 )
 
 __all__ = [
@@ -61,8 +69,11 @@ __all__ = [
     "DatasetError",
     "DeepForestError",
     "EvaluationGroundTruth",
+    "FashionMnistError",
     "ImageReadError",
     "ImageSizeMismatchError",
+    "ProvingGroundError",
+    "ProvingGroundOptions",
     "apply_num_classes",
     "AnnotatedTestMapper",
     "box_counts",
@@ -76,10 +87,13 @@ __all__ = [
     "load_dataset_dicts",
     "num_classes_of",
     "prepare_deepforest",
+    "prepare_proving_ground",
+    "proving_ground_statistics",
     "read_coco_categories",
     "register_coco_format",
     "register_datasets_from_cfg",
     "register_deepforest",
+    "register_proving_ground",
     "sanitize_coco_dict",
     "sanitize_dataset_dicts",
 ]

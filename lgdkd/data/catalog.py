@@ -1,8 +1,9 @@
 """Data sets from the config: registration, eager checks and the class count.
 
-- :func:`register_datasets_from_cfg` registers the embedded DeepForest sets and every
-  ``DATASETS.COCO_FORMAT`` entry, then checks that each name of ``DATASETS.TRAIN`` /
-  ``DATASETS.TEST`` is registered and that its files are where the catalog says.
+- :func:`register_datasets_from_cfg` registers the embedded DeepForest sets, the proving
+  ground, the toy sets and every ``DATASETS.COCO_FORMAT`` entry, then checks that each name
+  of ``DATASETS.TRAIN`` / ``DATASETS.TEST`` is registered and that its files are where the
+  catalog says.
   detectron2's builtin COCO / VOC / LVIS / Cityscapes names are registered by detectron2
   itself (under ``$DETECTRON2_DATASETS``) and only checked here.
 - :func:`num_classes_of` reads a set's class count without loading its annotations.
@@ -233,10 +234,12 @@ def register_datasets_from_cfg(cfg, check=True):
     """Register the sets lgdkd provides and ``cfg.DATASETS.COCO_FORMAT``, then check the
     names of ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
 
-    lgdkd's own sets are registered lazily under :func:`default_datasets_root` (files made on
-    first load): ``deepforest_train`` / ``deepforest_val`` and the generated
-    ``lgdkd_toy_train`` / ``lgdkd_toy_val`` of configs/quick_schedules. Idempotent: call it in
-    every process before building models or loaders.
+    lgdkd's own sets are registered lazily under :func:`default_datasets_root`:
+    ``deepforest_train`` / ``deepforest_val`` and the generated ``lgdkd_toy_train`` /
+    ``lgdkd_toy_val`` of configs/quick_schedules (files made on first load), and
+    ``proving_ground_train`` / ``_dev`` / ``_test`` (built by
+    ``datasets/prepare_proving_ground.py``; loading them unbuilt is a DatasetError that names
+    the command). Idempotent: call it in every process before building models or loaders.
 
     Args:
         check: also check that the names of DATASETS.TRAIN / TEST are registered and their
@@ -246,8 +249,12 @@ def register_datasets_from_cfg(cfg, check=True):
     Returns:
         list of the names registered (or confirmed) by this call.
     """
+    # imported here: the proving ground's errors derive from DatasetError, defined above
+    from .proving_ground import register_proving_ground
+
     root = default_datasets_root()
     names = list(register_deepforest(root))
+    names.extend(register_proving_ground(root))
     register_builtin_toy(root)
     for i, entry in enumerate(cfg.DATASETS.COCO_FORMAT):
         if not (
@@ -270,9 +277,10 @@ def check_datasets(names, option="DATASETS.TRAIN"):
     """Raise DatasetError for a name that is not registered or whose files are missing.
 
     Files are checked without loading for detectron2's builtin names (COCO-style
-    ``json_file`` / ``image_root`` metadata, VOC-style ``dirname``) and for DeepForest
-    (generated on first load: the wheel must then be installed). ``DATASETS.COCO_FORMAT``
-    sets were checked when registered; other sets are checked by their own loader.
+    ``json_file`` / ``image_root`` metadata, VOC-style ``dirname``), for DeepForest
+    (generated on first load: the wheel must then be installed) and for the proving ground
+    (built by its command, which the error names). ``DATASETS.COCO_FORMAT`` sets were
+    checked when registered; other sets are checked by their own loader.
     """
     registered = DatasetCatalog.list()
     for name in names:
@@ -301,6 +309,11 @@ def _check_files(name):
     meta = MetadataCatalog.get(name)
     if hasattr(meta, "deepforest_root"):
         check_deepforest_available(meta.deepforest_root)
+        return
+    if hasattr(meta, "proving_ground_root"):
+        from .proving_ground import check_proving_ground_available
+
+        check_proving_ground_available(meta.proving_ground_root)
         return
     if name not in _D2_BUILTIN_NAMES:
         return
