@@ -392,11 +392,15 @@ class _HEADBase(nn.Module):
     def _tower_channels(self, cfg, student_shape) -> int:
         return student_shape[cfg.MODEL.RETINANET.IN_FEATURES[0]].channels
 
-    def _sample(self, student: DetectorOutputs) -> List[Instances]:
+    def proposals(self, student: DetectorOutputs) -> List[Instances]:
+        """The assistant's proposals: :func:`retina_proposals` from the student's (detached)
+        RetinaNet outputs with MODEL.DISTILL.HEAD.PROPOSAL, per image in descending score.
+        ``self.assistant.sample(proposals, student.gt_instances)`` gives the RoIs it trains on
+        (positives first; ``gt_classes`` = K for the negatives)."""
         model = self._student[0]
         head_in = [student.features[f] for f in student.head_in_features]
         logits, deltas = student.predictions[0], student.predictions[1]
-        proposals = retina_proposals(
+        return retina_proposals(
             model.anchor_generator(head_in),
             logits,
             deltas,
@@ -405,7 +409,9 @@ class _HEADBase(nn.Module):
             self.num_classes,
             **self.proposal_cfg,
         )
-        return self.assistant.sample(proposals, student.gt_instances)
+
+    def _sample(self, student: DetectorOutputs) -> List[Instances]:
+        return self.assistant.sample(self.proposals(student), student.gt_instances)
 
     @staticmethod
     def _id_rows(sampled: List[Instances]) -> Tensor:

@@ -191,6 +191,26 @@ class LDDistiller(nn.Module):
             return (sums / counts.clamp(min=1.0)).sum()
         return (sums / count_over_workers(counts)).sum()
 
+    @torch.no_grad()
+    def vlr_weights(self, targets: GFLTargets, gt_instances) -> Tensor:
+        """LD's Valuable Localization Region of each image of the batch, from the student's ATSS
+        ``targets`` (whose ``positive`` locations are the main region): (N, R) weight of every
+        location, its IoU with the chosen box inside the region and 0 outside
+        (:func:`~lgdkd.modeling.assigners.atss.vlr_region` with VLR_ALPHA and VLR_METRIC)."""
+        return torch.stack(
+            [
+                vlr_region(
+                    targets.anchors,
+                    gt.gt_boxes.tensor,
+                    targets.thresholds[i],
+                    targets.valid[i],
+                    self.alpha,
+                    self.metric,
+                )[0]
+                for i, gt in enumerate(gt_instances)
+            ]
+        )
+
     # ------------------------------------------------------------------------------ forward
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs, assignment=None):
         targets: Optional[GFLTargets] = gfl_targets_of(student.extras)
@@ -229,19 +249,7 @@ class LDDistiller(nn.Module):
 
         vlr = None
         if self.w_vlr != 0 or self.w_kd_vlr != 0:
-            vlr = torch.stack(
-                [
-                    vlr_region(
-                        targets.anchors,
-                        gt.gt_boxes.tensor,
-                        targets.thresholds[i],
-                        targets.valid[i],
-                        self.alpha,
-                        self.metric,
-                    )[0]
-                    for i, gt in enumerate(student.gt_instances)
-                ]
-            )  # (N, R)
+            vlr = self.vlr_weights(targets, student.gt_instances)  # (N, R)
         if self.w_vlr != 0:
             region = vlr > 0
             v = vlr[region]
