@@ -373,6 +373,29 @@ def test_frozen_parameters_get_no_update():
         previous = state["second.weight"]
 
 
+def test_step_logs_the_gradient_norm_before_clipping():
+    """grad_norm: the L2 norm of the step's gradients (frozen parameters left out), before any
+    clipping, at every iteration."""
+    from detectron2.utils.events import EventStorage
+
+    model = _TwoLayerModel(frozen_until=1)
+    trainer = _step_trainer(model)
+    seen = []
+
+    class _Grab(HookBase):
+        def after_step(self):
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            total = torch.cat([g.flatten() for g in grads]).norm().item()
+            seen.append((self.trainer.storage.latest()["grad_norm"][0], total, len(grads)))
+
+    trainer.register_hooks([_Grab()])
+    with EventStorage(0):
+        trainer.train(0, 2)
+    assert [n for _, _, n in seen] == [2, 4]  # iteration 0: the first layer is frozen
+    for logged, total, _ in seen:
+        assert logged == pytest.approx(total, rel=1e-6)
+
+
 def test_non_finite_loss_names_the_loss_and_iteration():
     model = _TwoLayerModel(frozen_until=0, bad_loss=float("nan"))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -464,9 +487,8 @@ def test_teacher_param_group_lr_factor(tiny_cfg):
 
 
 def test_full_model_gradient_clipping(tiny_cfg):
-    """CLIP_TYPE "full_model" scales all gradients together to the joint norm CLIP_VALUE and
-    logs the norm before clipping; a small norm is left alone; an unknown type is refused."""
-    from detectron2.utils.events import EventStorage
+    """CLIP_TYPE "full_model" scales all gradients together to the joint norm CLIP_VALUE; a
+    small norm is left alone; an unknown type is refused."""
 
     cfg = tiny_cfg("retinanet")
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
@@ -484,10 +506,7 @@ def test_full_model_gradient_clipping(tiny_cfg):
         for p, g in zip(model.parameters(), grads):
             p.grad = g.clone()
         total = torch.cat([g.flatten() for g in grads]).norm().item()
-        with EventStorage(0) as storage:
-            optimizer.step()
-            logged = storage.latest()["grad_norm"][0]
-        assert logged == pytest.approx(total, rel=1e-6)
+        optimizer.step()
         steps = [b - p.detach() for b, p in zip(before, model.parameters())]
         norm = torch.cat([s.flatten() for s in steps]).norm().item()
         assert norm == pytest.approx(expected_norm or total, rel=1e-5)

@@ -104,16 +104,25 @@ def final_record(out_dir: str):
     return ap, (statistics.mean(times) if times else float("nan"))
 
 
-def train(config: str, seed: int, out_dir: str, opts: Sequence[str] = (), tag: str = "seeds"):
+def train(
+    config: str,
+    seed: int,
+    out_dir: str,
+    opts: Sequence[str] = (),
+    tag: str = "seeds",
+    env: Optional[Mapping[str, str]] = None,
+):
     """train_net.py --config-file config SEED seed OUTPUT_DIR out_dir *opts (stdout to
-    out_dir.stdout.txt); exits with a message naming the log when the run fails."""
+    out_dir.stdout.txt), with ``env`` (e.g. OMP_NUM_THREADS) set over this process's
+    environment; exits with a message naming the log when the run fails."""
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config]
     cmd += ["SEED", str(seed), "OUTPUT_DIR", out_dir, *map(str, opts)]
     print(f"[{tag}] {os.path.basename(config)} seed {seed} -> {out_dir}", flush=True)
     t0 = time.time()
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
     with open(out_dir + ".stdout.txt", "w") as log:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        environment = dict(os.environ, **env) if env else None
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
     if rc != 0:
         raise SystemExit(f"[{tag}] {config} seed {seed} failed; see {out_dir}.stdout.txt")
     print(f"[{tag}]   done in {time.time() - t0:.0f} s", flush=True)

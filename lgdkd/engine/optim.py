@@ -47,9 +47,9 @@ def teacher_param_groups(model, param_groups, lr_factor):
     return student_groups + teacher_groups
 
 
-def _put_grad_norm(norm):
+def _put_scalar(name, value):
     try:
-        get_event_storage().put_scalar("grad_norm", float(norm), smoothing_hint=False)
+        get_event_storage().put_scalar(name, float(value), smoothing_hint=False)
     except (AssertionError, IndexError):  # no storage outside a training loop
         pass
 
@@ -57,8 +57,9 @@ def _put_grad_norm(norm):
 def full_model_clipping(optimizer_type, max_norm, norm_type=2.0):
     """A subclass of ``optimizer_type`` whose ``step`` first scales all gradients together so
     that their joint ``norm_type`` norm is at most ``max_norm`` (MMDetection's
-    ``optimizer_config.grad_clip``), and records the norm before clipping as ``grad_norm``
-    in the event storage when one is open. Parameters without gradient are skipped."""
+    ``optimizer_config.grad_clip``). Parameters without gradient are skipped. The L2 norm
+    before clipping is logged by the trainer as ``grad_norm`` (another ``norm_type`` is logged
+    here as ``grad_norm_l<type>``)."""
     if not max_norm > 0:
         raise ValueError(
             f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0 for 'full_model' clipping, got "
@@ -68,7 +69,9 @@ def full_model_clipping(optimizer_type, max_norm, norm_type=2.0):
     def step(self, closure=None):
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if params:
-            _put_grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type))
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            if norm_type != 2.0:  # the trainer logs the L2 norm (StepTrainer.log_grad_norm)
+                _put_scalar(f"grad_norm_l{norm_type:g}", norm)
         return super(cls, self).step(closure)
 
     cls = type(optimizer_type.__name__ + "WithFullModelClip", (optimizer_type,), {"step": step})
@@ -109,8 +112,7 @@ def build_optimizer(cfg, model) -> torch.optim.Optimizer:
 
     * "value" / "norm": per parameter, as detectron2 (``clip_grad_value_`` /
       ``clip_grad_norm_`` on each parameter's gradient);
-    * "full_model": the norm of all gradients together (MMDetection's ``grad_clip``), logged
-      before clipping as ``grad_norm``.
+    * "full_model": the norm of all gradients together (MMDetection's ``grad_clip``).
 
     Frozen parameters (requires_grad False) are left out; parameters without a gradient at a
     step are not clipped.

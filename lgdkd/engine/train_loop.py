@@ -8,7 +8,8 @@ Compared with ``SimpleTrainer.run_step`` (and ``AMPTrainer.run_step`` when ``amp
   loss keys and the iteration (detectron2 only checks on rank 0, after backward, so the
   other ranks of a multi-process run would wait forever);
 * after backward and before the optimizer step, the gradients of
-  ``frozen_parameters(iteration)`` are set to None. torch optimizers skip parameters
+  ``frozen_parameters(iteration)`` are set to None, and the norm of the remaining gradients is
+  logged as ``grad_norm`` (before any clipping). torch optimizers skip parameters
   without a gradient entirely, so those parameters get no update at all: no weight decay
   and no momentum. detectron2 v0.6 has no ``after_backward`` hook for this.
 """
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .seeding import DOMAIN, derive_seed, seed_global_rngs
@@ -95,12 +97,33 @@ class StepTrainer(SimpleTrainer):
                 p.grad = None
 
         self._write_metrics(loss_dict, data_time)
+        self.log_grad_norm()
 
         if self.amp:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+
+    @torch.no_grad()
+    def log_grad_norm(self):
+        """Log the L2 norm of all gradients of this step, before any clipping, as ``grad_norm``
+        (the optimizer's parameters that have a gradient; with AMP, unscaled). It is what the
+        distillation gates compare between a method and its baseline."""
+        grads = [
+            p.grad
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+        )
+        if self.grad_scaler is not None:
+            norm = norm / self.grad_scaler.get_scale()
+        get_event_storage().put_scalar("grad_norm", float(norm), smoothing_hint=False)
 
     def check_finite(self, loss_dict):
         """Raise FloatingPointError on every rank if any rank has a non-finite loss term."""

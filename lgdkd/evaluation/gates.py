@@ -5,8 +5,8 @@
   If not, even a method that works as published cannot show a gain with these seeds.
 * :func:`collapse_gate` (early in a run): at iteration 10, is every distillation loss
   (``loss_distill_*``) at most the task loss (the sum of the other ``loss_*`` terms), and is
-  the pre-clip gradient norm (``grad_norm``, logged by SOLVER.CLIP_GRADIENTS CLIP_TYPE
-  "full_model") within 5x the baseline's? A distillation term that dominates the task loss or
+  the pre-clip gradient norm (``grad_norm``, logged by the trainer at every iteration) within
+  5x the baseline's? A distillation term that dominates the task loss or
   blows up the gradient is the usual sign of a mis-scaled or collapsing distiller.
 
 Each gate returns a :class:`GateResult`: pass (True), fail (False) or cannot be checked
@@ -117,8 +117,8 @@ def collapse_gate(
     Fails when a ``loss_distill_*`` term exceeds the task loss (the sum of the distillation
     run's other ``loss_*`` terms) or when the distillation run's ``grad_norm`` exceeds
     ``max_grad_ratio`` times the baseline's. Cannot be checked (``passed`` None) when a record
-    is missing, the run logs no distillation loss, or ``grad_norm`` is absent (it is logged
-    only with SOLVER.CLIP_GRADIENTS CLIP_TYPE "full_model") and nothing else failed.
+    is missing, the run logs no distillation loss, or ``grad_norm`` is absent (runs written
+    before the trainer logged it) and nothing else failed.
     """
     name = "gate (c) distillation loss and gradient norm"
     if distill is None or baseline is None:
@@ -150,8 +150,8 @@ def collapse_gate(
             w for w, g in (("distillation run", grad), ("baseline", base_grad)) if g is None
         )
         reasons.append(
-            f"grad_norm not logged by the {missing} (it is logged with SOLVER.CLIP_GRADIENTS "
-            "CLIP_TYPE full_model): the gradient cannot be checked"
+            f"grad_norm not logged by the {missing} (a run from before the trainer logged it): "
+            "the gradient cannot be checked"
         )
     else:
         ratio = grad / base_grad if base_grad > 0 else (math.inf if grad > 0 else 1.0)
