@@ -4,6 +4,7 @@ baselines, the teacher's weights reaching the arms and their keys, gates (a), (b
 verdict table on hand-made APs, the refusal of different seed sets, the compute-matched
 baselines, --final's test evaluations and --tiny's options."""
 
+import argparse
 import contextlib
 import dataclasses
 import io
@@ -27,6 +28,7 @@ AP = {  # fake final dev AP per config name and seed (teachers: seed 1)
     "gfl_EffLite2_teacher": {1: 31.0},
     "paa_EffLite2_teacher": {1: 33.0},
     "retinanet_EffLite0": {1: 20.0, 2: 21.0, 3: 22.0},
+    "retinanet_EffLite0_lr01": {1: 20.0, 2: 21.0, 3: 22.0},
     "gfl_EffLite0": {1: 20.0, 2: 20.5, 3: 21.0},
     "paa_EffLite0": {1: 21.0, 2: 22.0, 3: 23.0},
     "retinanet_EffLite0_head": {1: 23.0, 2: 24.0, 3: 25.0},  # +3 AP on every seed
@@ -36,6 +38,7 @@ AP = {  # fake final dev AP per config name and seed (teachers: seed 1)
 }
 S_ITER = {  # fake s/iter: the arms 1.5 (by default), the baselines and the control 1.0
     "retinanet_EffLite0": 1.0,
+    "retinanet_EffLite0_lr01": 1.0,
     "gfl_EffLite0": 1.0,
     "paa_EffLite0": 1.0,
     "paa_EffLite0_boxloss": 1.0,
@@ -46,7 +49,7 @@ TEACHERS = [
     "gfl_EffLite2_teacher",
     "paa_EffLite2_teacher",
 ]
-BASELINES = ["retinanet_EffLite0", "gfl_EffLite0", "paa_EffLite0"]
+BASELINES = ["retinanet_EffLite0", "retinanet_EffLite0_lr01", "gfl_EffLite0", "paa_EffLite0"]
 CPU_ARMS = [
     "retinanet_EffLite0_fitnet",
     "retinanet_EffLite0_assist",
@@ -192,6 +195,45 @@ def test_train_passes_the_environment_to_train_net(tmp_path, monkeypatch):
     assert seen["env"] is None  # this process's environment
 
 
+def test_every_arm_trains_with_its_baselines_solver_and_input():
+    """A paired difference measures the method only when the arm and the baseline it is
+    compared with share the schedule, the batch and the input (HEAD's arms and their lr-0.01
+    baseline included)."""
+    from lgdkd.engine import load_config
+
+    def resolved(name):
+        args = argparse.Namespace(config_file=pg.config_path(name), opts=[])
+        return load_config(args)
+
+    keys = (
+        "SOLVER.BASE_LR",
+        "SOLVER.MAX_ITER",
+        "SOLVER.IMS_PER_BATCH",
+        "SOLVER.WARMUP_ITERS",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+        "INPUT.MIN_SIZE_TRAIN",
+        "DATASETS.TRAIN",
+        "SEED",
+    )
+
+    def pick(cfg):
+        out = {}
+        for k in keys:
+            v = cfg
+            for part in k.split("."):
+                v = v[part]
+            out[k] = v
+        return out
+
+    base = {b: pick(resolved(b)) for b in BASELINES}
+    for name, m in pg.ARMS.items():
+        for b in (m.baseline,) + m.also_against:
+            want = base[b] if b in base else pick(resolved(b))
+            assert pick(resolved(name)) == want, (name, b)
+    assert base["retinanet_EffLite0_lr01"]["SOLVER.BASE_LR"] == 0.01
+    assert base["retinanet_EffLite0"]["SOLVER.BASE_LR"] == 0.02
+
+
 # --------------------------------------------------------------------------------------------
 # The CPU tier
 # --------------------------------------------------------------------------------------------
@@ -255,10 +297,10 @@ def test_gates_a_and_c_from_fake_records(cpu_study):
     assert "paa_EffLite0_boxloss" not in before  # the control has no teacher
     # gate (c): every seed of every distilling arm against the same seed of its baseline
     assert (
-        "retinanet_EffLite0_head vs retinanet_EffLite0, seed 2: fail: loss_distill_akd 50 > "
+        "retinanet_EffLite0_head vs retinanet_EffLite0_lr01, seed 2: fail: loss_distill_akd 50 > "
         "task loss 1 (50x)" in text
     )
-    assert "retinanet_EffLite0_head vs retinanet_EffLite0, seed 1: pass:" in text
+    assert "retinanet_EffLite0_head vs retinanet_EffLite0_lr01, seed 1: pass:" in text
     for arm in ("retinanet_EffLite0_fitnet", "gfl_EffLite0_ld", "paa_EffLite0_lad"):
         base = pg.ARMS[arm].baseline
         for seed in SEEDS:
@@ -273,7 +315,7 @@ def test_the_verdict_table_on_hand_made_aps(cpu_study):
         for line in text.splitlines()
         if line.startswith("| ") and " | " in line and "`" in line
     }
-    head = rows[("retinanet_EffLite0_head", "HEAD", "retinanet_EffLite0")]
+    head = rows[("retinanet_EffLite0_head", "HEAD", "retinanet_EffLite0_lr01")]
     assert (
         "| 32.0 | 24.0 ± 1.0 | 21.0 ± 1.0 | +3.00 [+3.00, +3.00] | gain shown "
         "| a pass; c fail (seed 2), pass (seeds 1, 3) |" in head
@@ -291,14 +333,17 @@ def test_the_verdict_table_on_hand_made_aps(cpu_study):
     assert ("paa_EffLite0_lad", "LAD", "paa_EffLite0_boxloss (control)") in rows
     control = rows[("paa_EffLite0_boxloss", "LAD box-loss control", "paa_EffLite0")]
     assert "| – | 22.1 ± 1.1 | 22.0 ± 1.0 |" in control and control.split("|")[9].strip() == "–"
-    assert "(gap only)" in rows[("retinanet_EffLite0_assist", "HEAD Assist", "retinanet_EffLite0")]
+    assert (
+        "(gap only)"
+        in rows[("retinanet_EffLite0_assist", "HEAD Assist", "retinanet_EffLite0_lr01")]
+    )
     assert len(rows) == 7  # six arms, LAD twice
     # the detailed comparison on AP (primary) and AP50, and the per-run tables
     assert (
-        "| retinanet_EffLite0_head vs retinanet_EffLite0 | AP (primary) | 23.0 / 24.0 / 25.0 "
+        "| retinanet_EffLite0_head vs retinanet_EffLite0_lr01 | AP (primary) | 23.0 / 24.0 / 25.0 "
         in text
     )
-    assert "| retinanet_EffLite0_head vs retinanet_EffLite0 | AP50 |" in text
+    assert "| retinanet_EffLite0_head vs retinanet_EffLite0_lr01 | AP50 |" in text
     assert "| paa_EffLite0_lad vs paa_EffLite0_boxloss | AP (primary) |" in text
     assert "| retinanet_EffLite2_teacher |" in text and "| AP per seed | s/iter |" in text
     assert seed_runs.VERDICT_RULE in text
@@ -395,7 +440,9 @@ def test_tiny_gpu_tier_options_compute_matching_and_gate_b(tmp_path, fake_train)
     # compute-matched: the arms log 1.5 s/iter, the baselines and the control 1.0
     matched = [c for c in calls if "compute_matched" in c["out"]]
     assert {(c["name"], c["opts"][3]) for c in matched} == {(b, "6") for b in BASELINES}
-    assert len(matched) == 3 * 2  # one per baseline and seed: the arms share them by key
+    assert (
+        len(matched) == len(BASELINES) * 2
+    )  # one per baseline and seed: the arms share them by key
     assert "paa_EffLite0_boxloss: s/iter ratio 1.00: the baseline itself" in text
     assert "retinanet_EffLite0_fitnet: s/iter ratio 1.50: retinanet_EffLite0@6it" in text
     assert (
@@ -474,7 +521,7 @@ def test_final_evaluates_every_run_once_on_test(cpu_study, fake_train, monkeypat
     output = cpu_study["output"]
     text, _ = _main(["--tier", "cpu", "--output", output, "--final"])
     assert fake_train.calls == []  # --final trains nothing
-    assert len(commands) == 4 + 3 * 3 + 6 * 3  # teachers, baselines, arms
+    assert len(commands) == 4 + 4 * 3 + 6 * 3  # teachers, baselines, arms
     head = os.path.join(_key_dir(os.path.join(output, "cpu"), "retinanet_EffLite0_head"), "seed2")
     cmd = next(c for c, _ in commands if c[c.index("--config-file") + 1].startswith(head))
     assert cmd[1:] == [

@@ -9,8 +9,9 @@ sanity gates and the verdicts in one table.
 
 Tiers (arms: :data:`ARMS`, configs in configs/ProvingGround):
 
-* ``cpu``: the three baselines (retinanet_EffLite0, gfl_EffLite0, paa_EffLite0), FitNet, LD,
-  LAD with its box-loss control, HEAD Assist and HEAD; 2 runs at a time by default.
+* ``cpu``: the baselines (retinanet_EffLite0, gfl_EffLite0, paa_EffLite0, and
+  retinanet_EffLite0_lr01 for HEAD's arms), FitNet, LD, LAD with its box-loss control, HEAD
+  Assist and HEAD; 2 runs at a time by default.
 * ``gpu``: every arm, each also against a compute-matched baseline (below); MODEL.DEVICE cuda,
   16 runs at a time on the one GPU by default.
 * ``gpu --tiny``: the GPU tier with SOLVER.MAX_ITER 4 for every run (teachers included),
@@ -156,6 +157,7 @@ class Method:
 
 
 RETINANET, GFL, PAA = "retinanet_EffLite0", "gfl_EffLite0", "paa_EffLite0"
+RETINANET_LR01 = "retinanet_EffLite0_lr01"  # HEAD's arms train at lr 0.01 (the config says why)
 RETINANET_T, GFL_T, PAA_T = (
     "retinanet_EffLite2_teacher",
     "gfl_EffLite2_teacher",
@@ -170,9 +172,9 @@ ARMS: Dict[str, Method] = {
         "LGD", RETINANET, None, None, loads_teacher=False, tiers=("gpu",), gate_b=True
     ),
     "retinanet_EffLite0_assist": Method(
-        "HEAD Assist", RETINANET, FRCNN_T, 0.2, loads_teacher=False
+        "HEAD Assist", RETINANET_LR01, FRCNN_T, 0.2, loads_teacher=False
     ),
-    "retinanet_EffLite0_head": Method("HEAD", RETINANET, FRCNN_T, 0.5),
+    "retinanet_EffLite0_head": Method("HEAD", RETINANET_LR01, FRCNN_T, 0.5),
     "gfl_EffLite0_ld": Method("LD", GFL, GFL_T, 0.08),
     CONTROL: Method("LAD box-loss control", PAA, None, None, loads_teacher=False, distills=False),
     "paa_EffLite0_lad": Method("LAD", PAA, PAA_T, 0.55, also_against=(CONTROL,)),
