@@ -29,6 +29,7 @@ from lgdkd.data import (
 from lgdkd.data.annotations import apply_box_rule
 from lgdkd.data.toy import make_toy_coco
 from lgdkd.engine import Trainer
+from lgdkd.evaluation.bootstrap import average_precision, match_images
 
 H, W = 64, 80  # toy image size
 
@@ -261,11 +262,25 @@ def test_box_outside_is_clipped_for_training_and_evaluation(tmp_path):
             pred.scores = torch.ones(len(gts))
             pred.pred_classes = torch.tensor([mapping[a["category_id"]] for a in gts])
             evaluator.process([{"image_id": image_id}], [{"instances": pred}])
-        return evaluator.evaluate()["bbox"]["AP"]
+        return evaluator.evaluate()["bbox"]
 
-    assert ap(evaluator) == pytest.approx(100.0)
+    assert ap(evaluator)["AP"] == pytest.approx(100.0)
+    # the folder names the ground truth its detections were evaluated against, and AP50
+    # recomputed per image from the two files agrees with the evaluator's
+    with open(os.path.join(out, "ground_truth.json")) as f:
+        record = json.load(f)
+    assert record == {"dataset": "boxes_outside", "json_file": truth.json_file}
+    with open(record["json_file"]) as f, open(
+        os.path.join(out, "coco_instances_results.json")
+    ) as g:
+        matches = match_images(json.load(f), json.load(g))
+    assert average_precision(matches) == pytest.approx(100.0)
     raw = COCOEvaluator("boxes_outside", output_dir=str(tmp_path / "raw"), distributed=False)
-    assert ap(raw) < 100.0  # what the raw json would have reported
+    raw_ap = ap(raw)
+    assert raw_ap["AP"] < 100.0  # what the raw json would have reported
+    with open(json_path) as f, open(tmp_path / "raw" / "coco_instances_results.json") as g:
+        raw_matches = match_images(json.load(f), json.load(g))
+    assert average_precision(raw_matches) == pytest.approx(raw_ap["AP50"], abs=1e-6)
 
 
 def test_clean_set_is_evaluated_with_its_own_json(toy_datasets, tmp_path):

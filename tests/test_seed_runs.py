@@ -482,3 +482,52 @@ def test_the_lgd_and_ld_scripts_key_their_real_configs(tmp_path, fake_train):
     assert files["MODEL.DISTILL.TEACHER.WEIGHTS"] is not None  # the teacher trained here
     teacher_file = files["MODEL.DISTILL.TEACHER.CONFIG_FILE"]
     assert teacher_file["config"]["SOLVER"]["MAX_ITER"] == 240
+
+
+def _inference(run_dir, gt_path, dets):
+    folder = os.path.join(run_dir, "inference", "dev")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "coco_instances_results.json"), "w") as f:
+        json.dump(dets, f)
+    with open(os.path.join(folder, "ground_truth.json"), "w") as f:
+        json.dump({"dataset": "dev", "json_file": gt_path}, f)
+
+
+def test_bootstrap_lines_read_each_runs_detections_and_ground_truth(tmp_path):
+    images = [{"id": i, "width": 100, "height": 100} for i in range(6)]
+    anns = [
+        {"id": i + 1, "image_id": i, "category_id": 1, "bbox": [10, 10, 30, 30], "iscrowd": 0}
+        for i in range(6)
+    ]
+    gt = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}
+    gt_path = str(tmp_path / "gt.json")
+    with open(gt_path, "w") as f:
+        json.dump(gt, f)
+
+    def dets(hits):  # a hit on images < hits, a miss ranked above it on the others
+        out = []
+        for i in range(6):
+            box = [10, 10, 30, 30] if i < hits else [60, 60, 20, 20]
+            out.append({"image_id": i, "category_id": 1, "bbox": box, "score": 0.9})
+        return out
+
+    arms = []
+    for name, hits in (("base", 3), ("arm", 6)):
+        arm = seed_runs.Arm(name + ".yaml", name, [], "k" * 12, str(tmp_path / name))
+        for seed in (1, 2):
+            _inference(arm.run_dir(seed), gt_path, dets(hits))
+            arm.records[seed] = {"bbox/AP50": 0.0}
+        arms.append(arm)
+    (line,) = seed_runs.bootstrap_lines(arms, {"arm.yaml": "base.yaml"}, "AP50", replicates=200)
+    # base: the 3 hits (images 0-2) rank first among equal scores, so its precision is 1 up to
+    # recall 0.5: 51 of the 101 recall points; the arm finds all 6: AP50 100
+    delta = 100.0 - 100.0 * 51 / 101
+    assert seed_runs.run_matches(arms[0].run_dir(1), "AP50")[0].image_ids == list(range(6))
+    assert line.startswith(f"arm vs base, AP50: mean Δ {delta:+.2f} [")
+    assert line.endswith("over 6 images and 2 seed pairs")
+    lo = float(line.split("[")[1].split(",")[0])
+    assert 0 < lo <= delta
+    # a run without the files is named
+    os.remove(os.path.join(arms[1].run_dir(2), "inference", "dev", "ground_truth.json"))
+    (line,) = seed_runs.bootstrap_lines(arms, {"arm.yaml": "base.yaml"}, "AP50", replicates=10)
+    assert line == "arm vs base: no per-image detections and ground_truth.json in arm seed 2"

@@ -24,8 +24,12 @@ Tables. Per config: its key, seeds, mean ± sample std of AP / AP50 / AP75, the 
 per seed and s/iter. Per arm against its baseline (same seeds), for the primary metric
 (AP50 by default: DeepForest's) and AP: the per-seed values, mean ± std, the paired
 difference with its 95 % Student-t interval, Welch's p, the pooled seed std and the verdict of
-``lgdkd.evaluation.stats``; and gate (c) of ``lgdkd.evaluation.gates`` (distillation loss and
-gradient norm at iteration 10) for every arm that logs distillation losses.
+``lgdkd.evaluation.stats``; the paired bootstrap of the primary metric over the evaluation
+images and the seed pairs (``lgdkd.evaluation.bootstrap``, from each run's
+``inference/<set>/coco_instances_results.json`` and ``ground_truth.json``), which adds the
+scene-sampling noise of a small validation set to the seed noise; and gate (c) of
+``lgdkd.evaluation.gates`` (distillation loss and gradient norm at iteration 10) for every arm
+that logs distillation losses.
 """
 
 import hashlib
@@ -45,6 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.append(ROOT)
 
+from lgdkd.evaluation.bootstrap import metric_matches, paired_bootstrap  # noqa: E402
 from lgdkd.evaluation.gates import collapse_gate_for_runs  # noqa: E402
 from lgdkd.evaluation.stats import paired_comparison  # noqa: E402
 
@@ -467,6 +472,67 @@ def gate_lines(arms: Sequence[Arm], baselines: Mapping[str, str]) -> List[str]:
     return lines
 
 
+def run_matches(run_dir: str, metric: str):
+    """The per-image matches of a finished run for ``metric`` (:func:`lgdkd.evaluation.
+    bootstrap.metric_matches`), from its first ``inference/<set>/`` folder holding the
+    detections and ``ground_truth.json``; None when the run has none (evaluated before the
+    trainer recorded its ground truth, or not by COCO evaluation)."""
+    inference = os.path.join(run_dir, "inference")
+    if not os.path.isdir(inference):
+        return None
+    for name in sorted(os.listdir(inference)):
+        folder = os.path.join(inference, name)
+        dets = os.path.join(folder, "coco_instances_results.json")
+        record = os.path.join(folder, "ground_truth.json")
+        if os.path.isfile(dets) and os.path.isfile(record):
+            with open(record) as f:
+                gt_file = json.load(f)["json_file"]
+            with open(gt_file) as f, open(dets) as g:
+                return metric_matches(json.load(f), json.load(g), metric)
+    return None
+
+
+def bootstrap_lines(
+    arms: Sequence[Arm], baselines: Mapping[str, str], metric: str, replicates: int = 2000
+) -> List[str]:
+    """For each arm against its baseline: the paired bootstrap of ``metric`` over the images
+    and the seed pairs (:func:`lgdkd.evaluation.bootstrap.paired_bootstrap`, ``replicates``
+    draws, fixed generator seed), or why it is not available."""
+    by_config = {a.config: a for a in arms}
+    cache: Dict[str, object] = {}
+
+    def matches(arm: Arm, seed: int):
+        d = arm.run_dir(seed)
+        if d not in cache:
+            cache[d] = run_matches(d, metric)
+        return cache[d]
+
+    lines = []
+    for arm in arms:
+        if arm.config not in baselines:
+            continue
+        base = by_config[baselines[arm.config]]
+        seeds = sorted(set(arm.records) & set(base.records))
+        a = {s: matches(arm, s) for s in seeds}
+        b = {s: matches(base, s) for s in seeds}
+        missing = [
+            f"{x.name} seed {s}" for x, m in ((arm, a), (base, b)) for s in seeds if m[s] is None
+        ]
+        if missing:
+            lines.append(
+                f"{arm.name} vs {base.name}: no per-image detections and ground_truth.json in "
+                f"{', '.join(missing)}"
+            )
+            continue
+        r = paired_bootstrap(b, a, replicates=replicates)
+        lines.append(
+            f"{arm.name} vs {base.name}, {_short(metric_name(metric))}: mean Δ "
+            f"{_signed(r.mean_delta)} [{_signed(r.ci[0])}, {_signed(r.ci[1])}] over {r.images} "
+            f"images and {len(r.seeds)} seed pairs"
+        )
+    return lines
+
+
 VERDICT_RULE = (
     "verdict: gain (loss) shown when mean Δ > 2 × pooled std (< −2 ×) and the 95 % CI "
     "(Student t, n − 1 df, paired over seeds) lies above (below) 0; inconclusive when the CI "
@@ -508,6 +574,17 @@ def study_report(
             f"{_short(metric_name(primary))}\n\n{table}",
             "\n".join([VERDICT_RULE, *verdicts]),
         ]
+        boot = bootstrap_lines(arms, baselines, primary)
+        if boot:
+            parts.append(
+                "\n".join(
+                    [
+                        "bootstrap over the evaluation images and the seed pairs (both drawn "
+                        "with replacement, 2000 replicates; 95 % percentile interval)",
+                        *boot,
+                    ]
+                )
+            )
         gates = gate_lines(arms, baselines)
         if gates:
             parts.append(

@@ -20,6 +20,7 @@ What differs from ``DefaultTrainer`` and why:
 * ``build_hooks``: detectron2's hooks, writers every SOLVER.LOG_PERIOD iterations.
 """
 
+import json
 import logging
 import os
 import weakref
@@ -50,6 +51,7 @@ __all__ = ["ModuleAttributes", "Trainer", "teacher_param_groups", "unwrap_model"
 logger = logging.getLogger(__name__)
 
 _EVALUATOR_TYPES = {"coco": "coco", "pascal_voc": "voc", "voc": "voc"}
+GROUND_TRUTH_RECORD = "ground_truth.json"
 
 
 def unwrap_model(model):
@@ -234,7 +236,9 @@ class Trainer(DefaultTrainer):
 
         COCO evaluation reads the ground truth with the training rule's boxes
         (:func:`lgdkd.data.evaluation_ground_truth`: the set's own json when the rule changes
-        nothing, else a sanitised copy in ``output_folder``). VOC evaluation reads the XML
+        nothing, else a sanitised copy in ``output_folder``); ``output_folder``/
+        ``ground_truth.json`` names that file next to the detections
+        (``coco_instances_results.json``), for tools that recompute AP per image. VOC evaluation reads the XML
         boxes as VOC's devkit does (datasets/README.md, "Which boxes are used")."""
         kind = cfg.TEST.EVALUATOR.lower()
         if kind == "auto":
@@ -249,6 +253,7 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         if kind == "coco":
             truth = lgdkd_data.evaluation_ground_truth(dataset_name, output_folder)
+            _record_ground_truth(output_folder, dataset_name, truth.json_file)
             return COCOEvaluator(truth.evaluator_name, output_dir=output_folder)
         if kind == "voc":
             return PascalVOCDetectionEvaluator(dataset_name)
@@ -301,6 +306,19 @@ class Trainer(DefaultTrainer):
                 )
                 print_csv_format(result)
         return results
+
+
+def _record_ground_truth(output_folder: str, dataset_name: str, json_file: str) -> None:
+    """Write ``output_folder``/ground_truth.json: which COCO json the detections of this
+    folder are evaluated against (main process only; written to a temp file, then renamed)."""
+    if not comm.is_main_process():
+        return
+    os.makedirs(output_folder, exist_ok=True)
+    path = os.path.join(output_folder, GROUND_TRUTH_RECORD)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"dataset": dataset_name, "json_file": os.path.abspath(json_file)}, f)
+    os.replace(tmp, path)
 
 
 class ModuleAttributes:
