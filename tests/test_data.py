@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 import lgdkd.data.deepforest as df
+import lgdkd.data.deepforest_dev as dfdev
 from lgdkd.config import get_cfg
 from lgdkd.data import (
     NUM_CLASSES_KEYS,
@@ -198,9 +199,55 @@ def test_registered_names_load(df_root):
         register_deepforest(os.path.join(df_root, "elsewhere"), prefix="dftest")
 
 
+@needs_wheel
+def test_dev_split_is_carved_from_the_training_scene_without_shared_pixels(df_root, tmp_path):
+    folder = dfdev.prepare_deepforest_dev(df_root)
+    assert folder == os.path.join(df_root, "deepforest_dev")
+    assert [n for n in os.listdir(df_root) if n.startswith(".deepforest_dev-tmp-")] == []
+    traindev = _load_json(folder, "traindev")
+    dev = _load_json(folder, "dev")
+    train = _load_json(os.path.join(df_root, "deepforest"), "train")
+    # traindev: the training tiles wholly above the cut, with their own annotations
+    above = [im for im in train["images"] if im["scene_box"][3] <= dfdev.DEV_BAND_TOP]
+    assert traindev["images"] == above and len(above) == 40
+    ids = {im["id"] for im in above}
+    assert traindev["annotations"] == [a for a in train["annotations"] if a["image_id"] in ids]
+    # dev: a non-overlapping grid below the cut, every tile written, boxes inside their tile
+    boxes = [im["scene_box"] for im in dev["images"]]
+    assert len(boxes) == 12 and min(b[1] for b in boxes) == dfdev.DEV_BAND_TOP
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1])
+    assert max(im["scene_box"][3] for im in traindev["images"]) <= dfdev.DEV_BAND_TOP
+    assert sorted(os.listdir(os.path.join(folder, "dev"))) == sorted(
+        im["file_name"] for im in dev["images"]
+    )
+    sizes = {im["id"]: (im["width"], im["height"]) for im in dev["images"]}
+    for a in dev["annotations"]:
+        x, y, w, h = a["bbox"]
+        W, H = sizes[a["image_id"]]
+        assert 0 <= x and 0 <= y and x + w <= W and y + h <= H and min(w, h) >= df.MIN_BOX_SIDE
+    assert len(dev["annotations"]) == 193
+    # pinned and deterministic
+    paths = dfdev.make_dev_split(str(tmp_path / "again"), os.path.join(df_root, "deepforest"))
+    for split, path in paths.items():
+        assert df.sha256_file(path) == dfdev.JSON_SHA256[split]
+    # registered names load, from the right image folders
+    names = dfdev.register(df_root, prefix="dfdevtest")
+    assert names == ("dfdevtest_traindev", "dfdevtest_dev")
+    loaded = {n: DatasetCatalog.get(n) for n in names}
+    assert len(loaded["dfdevtest_dev"]) == 12 and len(loaded["dfdevtest_traindev"]) == 40
+    assert all(os.path.isfile(d["file_name"]) for n in names for d in loaded[n])
+    # a modified file is a clear error
+    with open(os.path.join(folder, "annotations", "deepforest_dev.json"), "ab") as f:
+        f.write(b" ")
+    with pytest.raises(DeepForestError, match="was modified"):
+        dfdev.prepare_deepforest_dev(df_root)
+
+
 def test_default_names_are_registered_lazily(tmp_path):
     register_datasets_from_cfg(get_cfg())
-    for name in ("deepforest_train", "deepforest_val"):
+    for name in ("deepforest_train", "deepforest_val", "deepforest_traindev", "deepforest_dev"):
         assert name in DatasetCatalog.list()
         assert MetadataCatalog.get(name).thing_classes == ["Tree"]
         assert num_classes_of(name) == 1

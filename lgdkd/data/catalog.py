@@ -18,6 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from .deepforest import check_deepforest_available, default_datasets_root, register_deepforest
+from .deepforest_dev import register as register_deepforest_dev
 from .toy import register_builtin_toy
 
 __all__ = [
@@ -235,8 +236,10 @@ def register_datasets_from_cfg(cfg, check=True):
     names of ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
 
     lgdkd's own sets are registered lazily under :func:`default_datasets_root`:
-    ``deepforest_train`` / ``deepforest_val`` and the generated ``lgdkd_toy_train`` /
-    ``lgdkd_toy_val`` of configs/quick_schedules (files made on first load), and
+    ``deepforest_train`` / ``deepforest_val``, the dev split carved from the training scene
+    ``deepforest_traindev`` / ``deepforest_dev`` (:mod:`lgdkd.data.deepforest_dev`), the
+    generated ``lgdkd_toy_train`` / ``lgdkd_toy_val`` of configs/quick_schedules (files made on
+    first load), and
     ``proving_ground_train`` / ``_dev`` / ``_test`` (built by
     ``datasets/prepare_proving_ground.py``; loading them unbuilt is a DatasetError that names
     the command). Idempotent: call it in every process before building models or loaders.
@@ -254,6 +257,7 @@ def register_datasets_from_cfg(cfg, check=True):
 
     root = default_datasets_root()
     names = list(register_deepforest(root))
+    names.extend(register_deepforest_dev(root))
     names.extend(register_proving_ground(root))
     register_builtin_toy(root)
     for i, entry in enumerate(cfg.DATASETS.COCO_FORMAT):

@@ -1,0 +1,214 @@
+"""A development split carved from DeepForest's training scene, for choices (teachers, weights,
+schedules) that must not look at the validation scenes.
+
+The training scene (2,299 x 2,472 px) is cut at scene row :data:`DEV_BAND_TOP`:
+
+* ``deepforest_dev``: the band below it (rows 1672-2472, 800 px) cut into a grid of
+  non-overlapping tiles of at most 400 px (2 rows x 6 columns = 12 tiles, 193 boxes), with the
+  boxes clipped by the training rule of :func:`lgdkd.data.deepforest.clip_boxes_to_tile`;
+* ``deepforest_traindev``: the training tiles (400 px, stride 300) that lie wholly above it
+  (rows 0-1600: 40 of the 64 tiles, 630 boxes), with their annotations as in
+  ``deepforest_train``.
+
+No pixel of a dev tile is in a traindev tile (the 72 rows between 1600 and 1672 are in
+neither). A crown that straddles the cut can appear, clipped, in both. Files live in
+``<root>/deepforest_dev`` (``annotations/`` and ``dev/``; traindev's images are the training
+tiles of ``<root>/deepforest/train``), are made on first load from the same pinned wheel scene
+and are checked against :data:`JSON_SHA256`.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import cv2
+
+from .deepforest import (
+    CLASS_NAMES,
+    FOLDER,
+    TILE_SIZE,
+    DeepForestError,
+    _check_sources,
+    _dump_json,
+    _file_lock,
+    _json_path,
+    _read_voc,
+    _SCENES,
+    clip_boxes_to_tile,
+    default_datasets_root,
+    deepforest_source_dir,
+    grid_windows,
+    prepare_deepforest,
+    sha256_file,
+)
+
+__all__ = ["DEV_BAND_TOP", "DEV_SPLITS", "make_dev_split", "prepare_deepforest_dev", "register"]
+
+logger = logging.getLogger(__name__)
+
+DEV_FOLDER = "deepforest_dev"
+DEV_BAND_TOP = 1672
+DEV_SPLITS = ("traindev", "dev")
+JSON_SHA256 = {
+    "traindev": "492f6801fae51e7e1ba1ef41187db2bbf34d7205a0298e1aa47db29562b1ea40",
+    "dev": "d0734f0d8f3e8e21e0181510e64d686d8729541460a840a8cd8e77a093c83695",
+}
+_TMP_PREFIX = ".deepforest_dev-tmp-"
+
+
+def _dev_json(folder, split):
+    return os.path.join(folder, "annotations", f"deepforest_{split}.json")
+
+
+def make_dev_split(out_dir, dataset_dir, source_dir=None):
+    """Write the two sets into ``out_dir`` from the prepared ``dataset_dir`` (its training json)
+    and the wheel's training scene. Deterministic. Returns dict split -> json path."""
+    source_dir = source_dir or deepforest_source_dir()
+    _check_sources(source_dir)
+    with open(_json_path(dataset_dir, "train")) as f:
+        train = json.load(f)
+    (scene,) = [s for s in _SCENES if s.split == "train"]
+    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+    image_dir = os.path.join(out_dir, "dev")
+    os.makedirs(image_dir, exist_ok=True)
+
+    def header(split, description):
+        info = dict(train["info"], description=description, split=split)
+        return {"info": info, "categories": train["categories"], "images": [], "annotations": []}
+
+    traindev = header("traindev", f"training tiles wholly above scene row {DEV_BAND_TOP}")
+    keep = {i["id"] for i in train["images"] if i["scene_box"][3] <= DEV_BAND_TOP}
+    traindev["images"] = [i for i in train["images"] if i["id"] in keep]
+    traindev["annotations"] = [a for a in train["annotations"] if a["image_id"] in keep]
+
+    dev = header("dev", f"grid tiles of the training scene from row {DEV_BAND_TOP} down")
+    width, height, boxes, labels = _read_voc(os.path.join(source_dir, scene.stem + ".xml"))
+    image = cv2.imread(os.path.join(source_dir, scene.stem + ".png"), cv2.IMREAD_COLOR)
+    if image is None or image.shape[:2] != (height, width):
+        raise DeepForestError(f"{scene.stem}.png does not decode to its {width}x{height} image")
+    ys = [
+        (DEV_BAND_TOP + a, DEV_BAND_TOP + b)
+        for a, b in grid_windows(height - DEV_BAND_TOP, TILE_SIZE)
+    ]
+    for ty0, ty1 in ys:
+        for tx0, tx1 in grid_windows(width, TILE_SIZE):
+            file_name = f"{scene.stem}_x{tx0:04d}_y{ty0:04d}.png"
+            if not cv2.imwrite(os.path.join(image_dir, file_name), image[ty0:ty1, tx0:tx1]):
+                raise DeepForestError(f"could not write {os.path.join(image_dir, file_name)}")
+            image_id = len(dev["images"]) + 1
+            dev["images"].append(
+                {
+                    "id": image_id,
+                    "file_name": file_name,
+                    "width": tx1 - tx0,
+                    "height": ty1 - ty0,
+                    "scene": scene.stem,
+                    "scene_box": [tx0, ty0, tx1, ty1],
+                }
+            )
+            kept, indices = clip_boxes_to_tile(boxes, (tx0, ty0, tx1, ty1))
+            for (bx0, by0, bx1, by1), k in zip(kept.tolist(), indices.tolist()):
+                dev["annotations"].append(
+                    {
+                        "id": len(dev["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": 1,
+                        "bbox": [bx0, by0, bx1 - bx0, by1 - by0],
+                        "area": (bx1 - bx0) * (by1 - by0),
+                        "iscrowd": 0,
+                        "source_label": labels[k],
+                    }
+                )
+    paths = {}
+    for split, coco in (("traindev", traindev), ("dev", dev)):
+        paths[split] = _dev_json(out_dir, split)
+        with open(paths[split], "wb") as f:
+            f.write(_dump_json(coco))
+    return paths
+
+
+def _verify(folder):
+    for split in DEV_SPLITS:
+        path = _dev_json(folder, split)
+        if not os.path.isfile(path):
+            raise DeepForestError(f"{path} is missing; remove {folder} and load the set again")
+        actual = sha256_file(path)
+        if actual != JSON_SHA256[split]:
+            raise DeepForestError(
+                f"{path} has sha256 {actual}, expected {JSON_SHA256[split]}: it was modified or "
+                f"made by another version of this code; remove {folder} and load the set again"
+            )
+
+
+def prepare_deepforest_dev(root=None, source_dir=None):
+    """Make sure ``<root>/deepforest_dev`` exists and matches the pins (made once, under a
+    lock, in a temporary folder renamed into place). Returns its path."""
+    root = os.path.abspath(root or default_datasets_root())
+    dataset_dir = prepare_deepforest(root, source_dir)
+    folder = os.path.join(root, DEV_FOLDER)
+    if not os.path.isdir(folder):
+        with _file_lock(os.path.join(root, ".deepforest_dev.lock")) as locked:
+            if not os.path.isdir(folder):
+                if locked:
+                    for name in os.listdir(root):
+                        if name.startswith(_TMP_PREFIX):
+                            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                logger.info("Carving the DeepForest dev split into %s (once)", folder)
+                tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root)
+                try:
+                    make_dev_split(tmp, dataset_dir, source_dir)
+                    _verify(tmp)
+                    os.rename(tmp, folder)
+                finally:
+                    if os.path.isdir(tmp):
+                        shutil.rmtree(tmp, ignore_errors=True)
+    _verify(folder)
+    return folder
+
+
+def _load(split, root, name):
+    from detectron2.data.datasets import load_coco_json
+
+    folder = prepare_deepforest_dev(root)
+    image_root = (
+        os.path.join(root, FOLDER, "train") if split == "traindev" else os.path.join(folder, "dev")
+    )
+    return load_coco_json(_dev_json(folder, split), image_root, dataset_name=name)
+
+
+def register(root=None, prefix="deepforest"):
+    """Register ``<prefix>_traindev`` and ``<prefix>_dev`` (lazy: files made on first load).
+    Idempotent for the same root; another root under the same name is an error."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root = os.path.abspath(root or default_datasets_root())
+    folder = os.path.join(root, DEV_FOLDER)
+    names = []
+    for split in DEV_SPLITS:
+        name = f"{prefix}_{split}"
+        json_file = _dev_json(folder, split)
+        if name in DatasetCatalog.list():
+            registered = getattr(MetadataCatalog.get(name), "json_file", None)
+            if registered != json_file:
+                raise DeepForestError(
+                    f"Data set {name!r} is already registered with {registered}, not {json_file}"
+                )
+            names.append(name)
+            continue
+        DatasetCatalog.register(name, lambda s=split, n=name: _load(s, root, n))
+        image_root = (
+            os.path.join(root, FOLDER, "train")
+            if split == "traindev"
+            else os.path.join(folder, "dev")
+        )
+        MetadataCatalog.get(name).set(
+            thing_classes=list(CLASS_NAMES),
+            evaluator_type="coco",
+            json_file=json_file,
+            image_root=image_root,
+            deepforest_root=root,
+        )
+        names.append(name)
+    return tuple(names)
