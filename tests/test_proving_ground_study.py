@@ -379,7 +379,7 @@ def test_different_seed_sets_are_refused(cpu_study, fake_train):
 # Compute-matched baselines
 # --------------------------------------------------------------------------------------------
 def test_compute_matched_max_iter_from_s_iter():
-    base = pg.config_path("retinanet_EffLite0")  # 200 iterations, LOG_PERIOD 10, checkpoint 100
+    base = pg.config_path("retinanet_EffLite0")  # 200 it, step at 160, LOG_PERIOD 10, ckpt 100
     opts, max_iter = pg.compute_matched_options(base, ["MODEL.DEVICE", "cuda"], 1.63)
     assert max_iter == 330  # 326 rounded to a multiple of LOG_PERIOD
     assert opts == [
@@ -388,7 +388,7 @@ def test_compute_matched_max_iter_from_s_iter():
         "SOLVER.MAX_ITER",
         "330",
         "SOLVER.STEPS",
-        "()",
+        "(264,)",  # 160 x 330 / 200: 80 % of the schedule, as in the baseline
         "SOLVER.CHECKPOINT_PERIOD",
         "163",
     ]

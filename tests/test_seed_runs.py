@@ -531,3 +531,23 @@ def test_bootstrap_lines_read_each_runs_detections_and_ground_truth(tmp_path):
     os.remove(os.path.join(arms[1].run_dir(2), "inference", "dev", "ground_truth.json"))
     (line,) = seed_runs.bootstrap_lines(arms, {"arm.yaml": "base.yaml"}, "AP50", replicates=10)
     assert line == "arm vs base: no per-image detections and ground_truth.json in arm seed 2"
+
+
+def test_a_run_without_detections_counts_as_ap_0_with_a_note(tmp_path):
+    run = str(tmp_path / "seed1")
+    _finish(run, float("nan"))  # detectron2's record when the model predicted nothing
+    rec, _ = seed_runs.final_record(run)
+    assert rec["bbox/AP"] == rec["bbox/AP50"] == rec["bbox/AP75"] == 0.0
+    assert rec["no_detections"] is True
+    arm = seed_runs.Arm("c.yaml", "c", [], "k" * 12, str(tmp_path))
+    seed_runs.collect_result(arm, 1)
+    seed_runs.collect_result(arm, 1)
+    assert arm.notes == [
+        "c seed 1: no detections at the final evaluation (detectron2 reports NaN AP); "
+        "counted as AP 0"
+    ]
+    # a normal record is left alone
+    _finish(str(tmp_path / "seed2"), 12.5)
+    assert "no_detections" not in seed_runs.collect_result(arm, 2)
+    with pytest.raises(SystemExit, match="has no final checkpoint"):
+        seed_runs.collect_result(arm, 3)

@@ -303,7 +303,8 @@ def compute_matched_options(
     base_config: str, base_opts: Sequence[str], ratio: float
 ) -> Tuple[Optional[List[str]], int]:
     """The options of the baseline trained for ``ratio`` times its iterations: SOLVER.MAX_ITER
-    scaled and rounded to a multiple of SOLVER.LOG_PERIOD (at least one), SOLVER.STEPS and
+    scaled and rounded to a multiple of SOLVER.LOG_PERIOD (at least one), SOLVER.STEPS scaled by
+    the rounded MAX_ITER's ratio (they keep their fraction of the schedule) and
     SOLVER.CHECKPOINT_PERIOD scaled and rounded. Returns (options, MAX_ITER); the options are
     None when MAX_ITER rounds to the baseline's own."""
     cfg = resolve(base_config, base_opts)
@@ -311,7 +312,8 @@ def compute_matched_options(
     max_iter = max(period, int(round(cfg.SOLVER.MAX_ITER * ratio / period)) * period)
     if max_iter == cfg.SOLVER.MAX_ITER:
         return None, max_iter
-    steps = tuple(int(round(s * ratio)) for s in cfg.SOLVER.STEPS)
+    scale = max_iter / cfg.SOLVER.MAX_ITER  # the steps keep their place in the schedule
+    steps = tuple(int(round(s * scale)) for s in cfg.SOLVER.STEPS)
     checkpoint = max(1, int(round(cfg.SOLVER.CHECKPOINT_PERIOD * ratio)))
     updates = ["SOLVER.MAX_ITER", max_iter, "SOLVER.STEPS", repr(steps)]
     updates += ["SOLVER.CHECKPOINT_PERIOD", checkpoint]
@@ -388,14 +390,7 @@ def run_specs(specs: Sequence[RunSpec], tier: Tier, train: bool = True) -> List[
     _pool([task(a, s) for a, s in pending], tier.jobs)
     for arm, spec in zip(arms, specs):
         for seed in spec.seeds:
-            rec, s_iter = seed_runs.final_record(arm.run_dir(seed))
-            if rec is None:
-                raise SystemExit(
-                    f"[{TAG}] {arm.run_dir(seed)} has no final checkpoint and evaluation; see "
-                    f"{arm.run_dir(seed)}.stdout.txt"
-                )
-            arm.records[seed] = rec
-            arm.s_iter[seed] = s_iter
+            seed_runs.collect_result(arm, seed, TAG)
     return arms
 
 

@@ -34,6 +34,7 @@ that logs distillation losses.
 
 import hashlib
 import json
+import math
 import os
 import re
 import statistics
@@ -91,7 +92,12 @@ __all__ = [
 # One run
 # --------------------------------------------------------------------------------------------
 def final_record(out_dir: str):
-    """(last evaluation record, mean s/iter) of a finished run, or (None, None)."""
+    """(last evaluation record, mean s/iter) of a finished run, or (None, None).
+
+    A model without a single detection is reported by detectron2 with every AP NaN ("No
+    predictions from the model!"); by COCO's definition (every ground-truth box missed) its AP
+    is 0, so such a record gets 0.0 for each NaN ``bbox/`` metric and ``"no_detections":
+    True``."""
     path = os.path.join(out_dir, "metrics.json")
     if not os.path.exists(path) or not os.path.exists(os.path.join(out_dir, "model_final.pth")):
         return None, None
@@ -106,6 +112,11 @@ def final_record(out_dir: str):
                 ap = rec
             if "time" in rec:
                 times.append(rec["time"])
+    if ap is not None and all(
+        isinstance(v, float) and math.isnan(v) for k, v in ap.items() if k.startswith("bbox/")
+    ):
+        ap = {k: (0.0 if k.startswith("bbox/") else v) for k, v in ap.items()}
+        ap["no_detections"] = True
     return ap, (statistics.mean(times) if times else float("nan"))
 
 
@@ -340,16 +351,30 @@ def train_arms(
                 f.result()
     for arm in arms:
         for seed in seeds:
-            rec, s_iter = final_record(arm.run_dir(seed))
-            if rec is None:
-                raise SystemExit(
-                    f"[{tag}] {arm.run_dir(seed)} has no final checkpoint and evaluation "
-                    f"(model_final.pth, bbox/AP in metrics.json); see its log {arm.run_dir(seed)}"
-                    ".stdout.txt"
-                )
-            arm.records[seed] = rec
-            arm.s_iter[seed] = s_iter
+            collect_result(arm, seed, tag)
     return arms
+
+
+def collect_result(arm: Arm, seed: int, tag: str = "seeds") -> dict:
+    """Read the finished run of ``arm`` with ``seed`` into ``arm.records`` / ``arm.s_iter``
+    (with a note when it made no detection); stop with its log's path when it did not finish."""
+    rec, s_iter = final_record(arm.run_dir(seed))
+    if rec is None:
+        raise SystemExit(
+            f"[{tag}] {arm.run_dir(seed)} has no final checkpoint and evaluation "
+            f"(model_final.pth, bbox/AP in metrics.json); see its log {arm.run_dir(seed)}"
+            ".stdout.txt"
+        )
+    arm.records[seed] = rec
+    arm.s_iter[seed] = s_iter
+    if rec.get("no_detections"):
+        note = (
+            f"{arm.name} seed {seed}: no detections at the final evaluation (detectron2 "
+            "reports NaN AP); counted as AP 0"
+        )
+        if note not in arm.notes:
+            arm.notes.append(note)
+    return rec
 
 
 # --------------------------------------------------------------------------------------------

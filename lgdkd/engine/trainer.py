@@ -238,8 +238,9 @@ class Trainer(DefaultTrainer):
         (:func:`lgdkd.data.evaluation_ground_truth`: the set's own json when the rule changes
         nothing, else a sanitised copy in ``output_folder``); ``output_folder``/
         ``ground_truth.json`` names that file next to the detections
-        (``coco_instances_results.json``), for tools that recompute AP per image. VOC evaluation reads the XML
-        boxes as VOC's devkit does (datasets/README.md, "Which boxes are used")."""
+        (``coco_instances_results.json``), for tools that recompute AP per image. VOC
+        evaluation reads the XML boxes as VOC's devkit does (datasets/README.md, "Which boxes
+        are used")."""
         kind = cfg.TEST.EVALUATOR.lower()
         if kind == "auto":
             found = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
