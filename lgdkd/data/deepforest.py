@@ -272,6 +272,42 @@ def _dump_json(data):
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
+def write_tiles(coco, image, boxes, labels, stem, xs, ys, image_dir):
+    """Cut ``image`` (a scene) into the tiles ``xs`` x ``ys`` (lists of ``[start, end)``
+    windows), write each to ``image_dir`` as ``<stem>_x<x0>_y<y0>.png`` and append it and its
+    boxes (:func:`clip_boxes_to_tile`; ``labels`` kept as ``source_label``) to the COCO dict
+    ``coco``, ids continuing from what it holds."""
+    for ty0, ty1 in ys:
+        for tx0, tx1 in xs:
+            file_name = f"{stem}_x{tx0:04d}_y{ty0:04d}.png"
+            if not cv2.imwrite(os.path.join(image_dir, file_name), image[ty0:ty1, tx0:tx1]):
+                raise DeepForestError(f"could not write {os.path.join(image_dir, file_name)}")
+            image_id = len(coco["images"]) + 1
+            coco["images"].append(
+                {
+                    "id": image_id,
+                    "file_name": file_name,
+                    "width": tx1 - tx0,
+                    "height": ty1 - ty0,
+                    "scene": stem,
+                    "scene_box": [tx0, ty0, tx1, ty1],
+                }
+            )
+            kept, indices = clip_boxes_to_tile(boxes, (tx0, ty0, tx1, ty1))
+            for (bx0, by0, bx1, by1), k in zip(kept.tolist(), indices.tolist()):
+                coco["annotations"].append(
+                    {
+                        "id": len(coco["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": 1,
+                        "bbox": [bx0, by0, bx1 - bx0, by1 - by0],
+                        "area": (bx1 - bx0) * (by1 - by0),
+                        "iscrowd": 0,
+                        "source_label": labels[k],
+                    }
+                )
+
+
 def convert_deepforest(out_dir, source_dir=None):
     """Tile the wheel's scenes and write the two COCO sets into ``out_dir`` (no locking).
 
@@ -319,36 +355,7 @@ def convert_deepforest(out_dir, source_dir=None):
             ys = sliding_windows(height, TILE_SIZE, TRAIN_STRIDE)
         else:
             xs, ys = grid_windows(width, TILE_SIZE), grid_windows(height, TILE_SIZE)
-        coco = sets[scene.split]
-        for ty0, ty1 in ys:
-            for tx0, tx1 in xs:
-                file_name = f"{scene.stem}_x{tx0:04d}_y{ty0:04d}.png"
-                if not cv2.imwrite(os.path.join(image_dir, file_name), image[ty0:ty1, tx0:tx1]):
-                    raise DeepForestError(f"could not write {os.path.join(image_dir, file_name)}")
-                image_id = len(coco["images"]) + 1
-                coco["images"].append(
-                    {
-                        "id": image_id,
-                        "file_name": file_name,
-                        "width": tx1 - tx0,
-                        "height": ty1 - ty0,
-                        "scene": scene.stem,
-                        "scene_box": [tx0, ty0, tx1, ty1],
-                    }
-                )
-                kept, indices = clip_boxes_to_tile(boxes, (tx0, ty0, tx1, ty1))
-                for (bx0, by0, bx1, by1), k in zip(kept.tolist(), indices.tolist()):
-                    coco["annotations"].append(
-                        {
-                            "id": len(coco["annotations"]) + 1,
-                            "image_id": image_id,
-                            "category_id": 1,
-                            "bbox": [bx0, by0, bx1 - bx0, by1 - by0],
-                            "area": (bx1 - bx0) * (by1 - by0),
-                            "iscrowd": 0,
-                            "source_label": labels[k],
-                        }
-                    )
+        write_tiles(sets[scene.split], image, boxes, labels, scene.stem, xs, ys, image_dir)
     paths = {}
     for split, coco in sets.items():
         paths[split] = _json_path(out_dir, split)
@@ -507,6 +514,31 @@ def _load_split(split, root, name):
     )
 
 
+def register_tree_set(name, json_file, image_root, load, root):
+    """Register one DeepForest-derived set ``name`` lazily (``load()`` gives its dicts) with
+    its metadata; idempotent for the same ``json_file``, an error for another."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name in DatasetCatalog.list():
+        registered = getattr(MetadataCatalog.get(name), "json_file", None)
+        if registered != json_file:
+            raise DeepForestError(
+                f"Data set {name!r} is already registered with {registered}, not "
+                f"{json_file}: DETECTRON2_DATASETS changed in this process, or another "
+                f"data set uses this name."
+            )
+        return name
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(CLASS_NAMES),
+        evaluator_type="coco",
+        json_file=json_file,
+        image_root=image_root,
+        deepforest_root=root,
+    )
+    return name
+
+
 def register_deepforest(root=None, prefix="deepforest"):
     """Register ``<prefix>_train`` and ``<prefix>_val`` in detectron2's catalogs (lazy).
 
@@ -517,34 +549,18 @@ def register_deepforest(root=None, prefix="deepforest"):
     Returns:
         tuple of the registered names.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     root = os.path.abspath(root or default_datasets_root())
     dataset_dir = os.path.join(root, FOLDER)
-    names = []
-    for split in DEEPFOREST_SPLITS:
-        name = f"{prefix}_{split}"
-        json_file = _json_path(dataset_dir, split)
-        if name in DatasetCatalog.list():
-            registered = getattr(MetadataCatalog.get(name), "json_file", None)
-            if registered != json_file:
-                raise DeepForestError(
-                    f"Data set {name!r} is already registered with {registered}, not "
-                    f"{json_file}: DETECTRON2_DATASETS changed in this process, or another "
-                    f"data set uses this name."
-                )
-            names.append(name)
-            continue
-        DatasetCatalog.register(name, lambda s=split, n=name: _load_split(s, root, n))
-        MetadataCatalog.get(name).set(
-            thing_classes=list(CLASS_NAMES),
-            evaluator_type="coco",
-            json_file=json_file,
-            image_root=os.path.join(dataset_dir, split),
-            deepforest_root=root,
+    return tuple(
+        register_tree_set(
+            f"{prefix}_{split}",
+            _json_path(dataset_dir, split),
+            os.path.join(dataset_dir, split),
+            lambda s=split, n=f"{prefix}_{split}": _load_split(s, root, n),
+            root,
         )
-        names.append(name)
-    return tuple(names)
+        for split in DEEPFOREST_SPLITS
+    )
 
 
 def check_deepforest_available(root):

@@ -26,7 +26,6 @@ import tempfile
 import cv2
 
 from .deepforest import (
-    CLASS_NAMES,
     FOLDER,
     TILE_SIZE,
     DeepForestError,
@@ -36,12 +35,13 @@ from .deepforest import (
     _json_path,
     _read_voc,
     _SCENES,
-    clip_boxes_to_tile,
     default_datasets_root,
     deepforest_source_dir,
     grid_windows,
     prepare_deepforest,
+    register_tree_set,
     sha256_file,
+    write_tiles,
 )
 
 __all__ = ["DEV_BAND_TOP", "DEV_SPLITS", "make_dev_split", "prepare_deepforest_dev", "register"]
@@ -92,35 +92,9 @@ def make_dev_split(out_dir, dataset_dir, source_dir=None):
         (DEV_BAND_TOP + a, DEV_BAND_TOP + b)
         for a, b in grid_windows(height - DEV_BAND_TOP, TILE_SIZE)
     ]
-    for ty0, ty1 in ys:
-        for tx0, tx1 in grid_windows(width, TILE_SIZE):
-            file_name = f"{scene.stem}_x{tx0:04d}_y{ty0:04d}.png"
-            if not cv2.imwrite(os.path.join(image_dir, file_name), image[ty0:ty1, tx0:tx1]):
-                raise DeepForestError(f"could not write {os.path.join(image_dir, file_name)}")
-            image_id = len(dev["images"]) + 1
-            dev["images"].append(
-                {
-                    "id": image_id,
-                    "file_name": file_name,
-                    "width": tx1 - tx0,
-                    "height": ty1 - ty0,
-                    "scene": scene.stem,
-                    "scene_box": [tx0, ty0, tx1, ty1],
-                }
-            )
-            kept, indices = clip_boxes_to_tile(boxes, (tx0, ty0, tx1, ty1))
-            for (bx0, by0, bx1, by1), k in zip(kept.tolist(), indices.tolist()):
-                dev["annotations"].append(
-                    {
-                        "id": len(dev["annotations"]) + 1,
-                        "image_id": image_id,
-                        "category_id": 1,
-                        "bbox": [bx0, by0, bx1 - bx0, by1 - by0],
-                        "area": (bx1 - bx0) * (by1 - by0),
-                        "iscrowd": 0,
-                        "source_label": labels[k],
-                    }
-                )
+    write_tiles(
+        dev, image, boxes, labels, scene.stem, grid_windows(width, TILE_SIZE), ys, image_dir
+    )
     paths = {}
     for split, coco in (("traindev", traindev), ("dev", dev)):
         paths[split] = _dev_json(out_dir, split)
@@ -168,47 +142,31 @@ def prepare_deepforest_dev(root=None, source_dir=None):
     return folder
 
 
+def _image_root(root, split):
+    if split == "traindev":
+        return os.path.join(root, FOLDER, "train")
+    return os.path.join(root, DEV_FOLDER, "dev")
+
+
 def _load(split, root, name):
     from detectron2.data.datasets import load_coco_json
 
     folder = prepare_deepforest_dev(root)
-    image_root = (
-        os.path.join(root, FOLDER, "train") if split == "traindev" else os.path.join(folder, "dev")
-    )
-    return load_coco_json(_dev_json(folder, split), image_root, dataset_name=name)
+    return load_coco_json(_dev_json(folder, split), _image_root(root, split), dataset_name=name)
 
 
 def register(root=None, prefix="deepforest"):
     """Register ``<prefix>_traindev`` and ``<prefix>_dev`` (lazy: files made on first load).
     Idempotent for the same root; another root under the same name is an error."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     root = os.path.abspath(root or default_datasets_root())
     folder = os.path.join(root, DEV_FOLDER)
-    names = []
-    for split in DEV_SPLITS:
-        name = f"{prefix}_{split}"
-        json_file = _dev_json(folder, split)
-        if name in DatasetCatalog.list():
-            registered = getattr(MetadataCatalog.get(name), "json_file", None)
-            if registered != json_file:
-                raise DeepForestError(
-                    f"Data set {name!r} is already registered with {registered}, not {json_file}"
-                )
-            names.append(name)
-            continue
-        DatasetCatalog.register(name, lambda s=split, n=name: _load(s, root, n))
-        image_root = (
-            os.path.join(root, FOLDER, "train")
-            if split == "traindev"
-            else os.path.join(folder, "dev")
+    return tuple(
+        register_tree_set(
+            f"{prefix}_{split}",
+            _dev_json(folder, split),
+            _image_root(root, split),
+            lambda s=split, n=f"{prefix}_{split}": _load(s, root, n),
+            root,
         )
-        MetadataCatalog.get(name).set(
-            thing_classes=list(CLASS_NAMES),
-            evaluator_type="coco",
-            json_file=json_file,
-            image_root=image_root,
-            deepforest_root=root,
-        )
-        names.append(name)
-    return tuple(names)
+        for split in DEV_SPLITS
+    )
