@@ -560,3 +560,11 @@ def test_final_refuses_a_tier_that_is_not_trained(tmp_path, fake_train):
     ):
         pg.main(["--tier", "cpu", "--output", str(tmp_path), "--final"])
     assert fake_train.calls == []
+
+
+def test_an_evaluation_without_detections_reads_as_ap_0():
+    # detectron2 writes NaN when the model predicted nothing (tiny runs, the implicit teacher
+    # early in an LGD run): gate (b) reads it as AP 0 instead of failing in the statistics
+    assert pg._ap(float("nan")) == 0.0 and pg._ap(12.5) == 12.5
+    assert pg._teacher_ap({"teacher/proving_ground_dev/bbox/AP": float("nan")}) == 0.0
+    assert pg._teacher_ap({"bbox/AP": 3.0}) is None

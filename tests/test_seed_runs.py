@@ -120,6 +120,8 @@ def test_arms_with_different_seeds_are_refused():
         stats.paired_comparison({1: 1.0, 2: 2.0, 3: 3.0}, {1: 1.0, 2: 2.0, 4: 3.0})
     with pytest.raises(ValueError, match="at least one seed"):
         stats.paired_comparison({}, {})
+    with pytest.raises(ValueError, match="needs finite values; got arm seed 2: nan"):
+        stats.paired_comparison({1: 1.0, 2: 2.0}, {1: 1.0, 2: float("nan")})
 
 
 # --------------------------------------------------------------------------------------------

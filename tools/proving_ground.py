@@ -638,10 +638,17 @@ def gate_a_line(study: Study, name: str, gate: GateResult) -> str:
     )
 
 
+def _ap(value) -> float:
+    """An AP of an evaluation record; NaN (detectron2's value for a model without a single
+    detection) counts as 0, as in :func:`seed_runs.final_record`."""
+    value = float(value)
+    return 0.0 if math.isnan(value) else value
+
+
 def _teacher_ap(record: Mapping) -> Optional[float]:
     for key, value in record.items():
         if key.startswith("teacher/") and key.endswith("/bbox/AP"):
-            return float(value)
+            return _ap(value)
     return None
 
 
@@ -665,8 +672,8 @@ def gate_b(study: Study, name: str) -> Tuple[GateResult, List[str]]:
             if t_ap is None:
                 continue
             if done == start:
-                teacher_at[seed], student_at[seed] = t_ap, float(rec[PRIMARY])
-            parts.append(f"after {done} it teacher {t_ap:.1f} vs student {rec[PRIMARY]:.1f}")
+                teacher_at[seed], student_at[seed] = t_ap, _ap(rec[PRIMARY])
+            parts.append(f"after {done} it teacher {t_ap:.1f} vs student {_ap(rec[PRIMARY]):.1f}")
         if study.dataset != DEV:
             t_ap = _teacher_ap(arm.records[seed])
             if t_ap is not None:

@@ -211,8 +211,8 @@ def paired_comparison(
     """Compare ``arm`` with ``baseline``, both ``{seed: metric}``.
 
     Raises:
-        ValueError: no seeds, or the two arms were run with different seeds (the message
-            names the seeds each has alone).
+        ValueError: no seeds, the two arms were run with different seeds (the message
+            names the seeds each has alone), or a value is NaN or infinite (named).
     """
     only_base = sorted(set(baseline) - set(arm))
     only_arm = sorted(set(arm) - set(baseline))
@@ -224,6 +224,14 @@ def paired_comparison(
         )
     if not baseline:
         raise ValueError("a paired comparison needs at least one seed")
+    bad = sorted(
+        f"{name} seed {k}: {v!r}"
+        for name, values in (("baseline", baseline), ("arm", arm))
+        for k, v in values.items()
+        if not math.isfinite(float(v))
+    )
+    if bad:
+        raise ValueError(f"a paired comparison needs finite values; got {', '.join(bad)}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     seeds = tuple(sorted(baseline))
