@@ -67,19 +67,25 @@ def _random_detections(rng, gt, quality):
     return dets
 
 
-def _pycocotools_ap50(gt, dets, img_ids=None):
+def _cocoeval(gt, dets, **params):
+    """pycocotools' COCOeval of ``dets`` against ``gt``, evaluated, accumulated and summarised
+    (``params``: COCOeval parameters to set first)."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = json.loads(json.dumps(gt))
         coco.createIndex()
-        res = coco.loadRes(dets) if dets else COCO()
-        ev = COCOeval(coco, res, "bbox")
-        if img_ids is not None:
-            ev.params.imgIds = img_ids
+        ev = COCOeval(coco, coco.loadRes(dets) if dets else COCO(), "bbox")
+        for key, value in params.items():
+            setattr(ev.params, key, value)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return 100.0 * ev.stats[1]
+    return ev
+
+
+def _pycocotools_ap50(gt, dets, img_ids=None):
+    params = {} if img_ids is None else {"imgIds": img_ids}
+    return 100.0 * _cocoeval(gt, dets, **params).stats[1]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -100,15 +106,7 @@ def test_max_dets_and_iou_threshold_follow_pycocotools():
     gt = _random_set(rng, n_images=4)
     dets = _random_detections(rng, gt, quality=0.9)
     m = match_images(gt, dets, max_dets=2)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = json.loads(json.dumps(gt))
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
-        ev.params.maxDets = [1, 2, 2]
-        ev.params.iouThrs = np.array([0.5, 0.75])
-        ev.evaluate()
-        ev.accumulate()
+    ev = _cocoeval(gt, dets, maxDets=[1, 2, 2], iouThrs=np.array([0.5, 0.75]))
     p = ev.eval["precision"][0, :, :, 0, 2]  # IoU 0.5, all areas, maxDets 2
     assert average_precision(m) == pytest.approx(100.0 * p[p > -1].mean(), abs=1e-9)
     m75 = match_images(gt, dets, iou_thresh=0.75, max_dets=2)
@@ -185,14 +183,7 @@ def test_coco_ap_is_the_mean_over_ten_thresholds():
     rng = np.random.default_rng(8)
     gt = _random_set(rng)
     dets = _random_detections(rng, gt, quality=0.8)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = json.loads(json.dumps(gt))
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    ev = _cocoeval(gt, dets)
     ms = metric_matches(gt, dets, "bbox/AP")
     assert len(ms) == 10
     assert np.mean([average_precision(m) for m in ms]) == pytest.approx(100 * ev.stats[0])

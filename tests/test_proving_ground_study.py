@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import proving_ground as pg  # noqa: E402
 import seed_runs  # noqa: E402
 from lgdkd.checkpoint import file_fingerprint  # noqa: E402
+from lgdkd.engine import load_config  # noqa: E402
 
 SEEDS = (1, 2, 3)
 AP = {  # fake final dev AP per config name and seed (teachers: seed 1)
@@ -199,7 +200,6 @@ def test_every_arm_trains_with_its_baselines_solver_and_input():
     """A paired difference measures the method only when the arm and the baseline it is
     compared with share the schedule, the batch and the input (HEAD's arms and their lr-0.01
     baseline included)."""
-    from lgdkd.engine import load_config
 
     def resolved(name):
         args = argparse.Namespace(config_file=pg.config_path(name), opts=[])

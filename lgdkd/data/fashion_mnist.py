@@ -17,7 +17,6 @@ package installed with apt); each folder may hold the files directly or be the t
 
 import glob
 import gzip
-import hashlib
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import tempfile
 import numpy as np
 
 from .catalog import DatasetError
+from .deepforest import sha256_file  # noqa: F401  (public here too: the pins' checker)
 
 __all__ = [
     "CLASS_NAMES",
@@ -75,15 +75,6 @@ SPLITS = {"train": 60000, "t10k": 10000}
 
 class FashionMnistError(DatasetError):
     """The Fashion-MNIST files are missing, cannot be fetched or are not the pinned ones."""
-
-
-def sha256_file(path):
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def how_to_get(root):
