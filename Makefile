@@ -1,5 +1,5 @@
 # Two entry points (see README.md); both create/reuse the project environment first.
-#   make demo   set up, then run the main job on the embedded DeepForest data (about 20 min on 2 CPU cores)
+#   make demo   set up, then run the main job: LAD on the proving ground (about 15 min on 2 CPU cores)
 #   make test   set up, then run the test suite
 PY := $(or $(LGDKD_VENV),.venv)/bin/python
 

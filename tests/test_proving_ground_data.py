@@ -19,7 +19,7 @@ import lgdkd.data.fashion_mnist as fm
 import lgdkd.data.proving_ground as pg
 from lgdkd.config import get_cfg
 from lgdkd.data import DatasetError, check_datasets, register_datasets_from_cfg
-from lgdkd.data.backgrounds import BACKGROUNDS, Background
+from lgdkd.data.backgrounds import BACKGROUNDS
 from lgdkd.data.composite import (
     MASK_ALPHA,
     ProvingGroundOptions,
@@ -28,36 +28,12 @@ from lgdkd.data.composite import (
     resize_u8,
     tight_box,
 )
+from proving_ground_fakes import make_backgrounds as _make_backgrounds
+from proving_ground_fakes import make_items as _make_items
 
 OPTIONS = ProvingGroundOptions(
     sizes=(6, 3, 4), seed=3, image_size=64, objects=(2, 4), scale=(8, 24)
 )
-
-
-def _make_items(count=30, seed=0):
-    """``count`` 28x28 grey items (ellipses and rectangles with texture), labels 0-9."""
-    rng = np.random.RandomState(seed)
-    images = np.zeros((count, 28, 28), dtype=np.uint8)
-    for k in range(count):
-        h, w = rng.randint(6, 13), rng.randint(6, 13)
-        if k % 2:
-            cv2.ellipse(images[k], (14, 14), (w, h), 0, 0, 360, int(rng.randint(60, 256)), -1)
-        else:
-            cv2.rectangle(images[k], (14 - w, 14 - h), (14 + w, 14 + h), 200, -1)
-        images[k] = np.where(images[k] > 0, images[k] - rng.randint(0, 40, (28, 28)), 0)
-    labels = np.arange(count) % 10
-    return {"train": (images[:20], labels[:20]), "t10k": (images[20:], labels[20:])}
-
-
-def _make_backgrounds():
-    rng = np.random.RandomState(1)
-    out = {}
-    for split in pg.PROVING_GROUND_SPLITS:
-        out[split] = [
-            Background(f"{split}-{group}", group, rng.randint(0, 256, (80, 96, 3)).astype(np.uint8))
-            for group in ("aerial", "photo")
-        ]
-    return out
 
 
 @pytest.fixture(scope="module")

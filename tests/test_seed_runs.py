@@ -365,13 +365,13 @@ def test_run_comparison_routes_the_teacher_and_reuses_runs_of_the_same_key(tmp_p
         "MODEL.DISTILL.TEACHER.WEIGHTS",
         teacher_weights,
     ]
-    assert fake_train == [
+    assert fake_train == [  # seed by seed, so that a stopped study holds complete pairs
         ("teacher", 1, []),
         ("base", 1, []),  # the unkeyed run is not reused
-        ("base", 2, []),
-        ("base", 3, []),
         ("kd", 1, kd_opts),
+        ("base", 2, []),
         ("kd", 2, kd_opts),
+        ("base", 3, []),
         ("kd", 3, kd_opts),
     ]
     (bkey,) = _key_dirs(args.output, "base")
@@ -427,6 +427,67 @@ def test_an_edited_config_or_teacher_trains_anew_and_keeps_the_old_runs(tmp_path
     fake_train.clear()
     seed_runs.run_comparison(args, [base, kd], [kd], "t")
     assert [(n, s) for n, s, _ in fake_train] == [("kd", 1), ("kd", 2)]
+
+
+def test_the_teacher_is_chosen_on_the_dev_split_then_trained_on_train(tmp_path, fake_train):
+    teacher, base, kd = _configs(tmp_path)
+    long = _write(tmp_path / "teacher_long.yaml", "SOLVER:\n  BASE_LR: 0.02\n  MAX_ITER: 9\n")
+    parser = argparse.ArgumentParser()
+    seed_runs.add_teacher_args(parser, teacher, long)
+    parser.add_argument("--output", default=str(tmp_path / "out"))
+    args = parser.parse_args(["--seeds", "1", "2", "--choose-teacher"])
+    AP["teacher_long"] = {1: 25.0}  # better on dev (3 x 25 AP50 against 3 x 20)
+    try:
+        text = seed_runs.run_comparison(args, [base, kd], [kd], "t")
+    finally:
+        del AP["teacher_long"]
+    dev = list(seed_runs.DEV_SPLIT_OPTS)
+    assert fake_train[:3] == [
+        ("teacher", 1, dev),
+        ("teacher_long", 1, dev),
+        ("teacher_long", 1, []),
+    ]
+    (tkey,) = _key_dirs(args.output, "teacher_long")
+    weights = os.path.join(args.output, "teacher_long", tkey, "seed1", "model_final.pth")
+    assert fake_train[3:] == [
+        ("base", 1, []),
+        (
+            "kd",
+            1,
+            ["MODEL.DISTILL.TEACHER.CONFIG_FILE", long, "MODEL.DISTILL.TEACHER.WEIGHTS", weights],
+        ),
+        ("base", 2, []),
+        (
+            "kd",
+            2,
+            ["MODEL.DISTILL.TEACHER.CONFIG_FILE", long, "MODEL.DISTILL.TEACHER.WEIGHTS", weights],
+        ),
+    ]
+    assert "AP50: teacher 60.0, teacher_long 75.0; chosen: teacher_long" in text
+    assert os.path.isdir(os.path.join(args.output, "teacher_choice", "teacher_long"))
+    # a tie goes to the first candidate listed
+    AP["teacher_long"] = {1: 20.0}
+    try:
+        best, _ = seed_runs.choose_teacher(args, str(tmp_path / "tie"), "t")
+    finally:
+        del AP["teacher_long"]
+    assert best == teacher
+
+
+def test_controls_get_their_own_comparison(tmp_path, fake_train):
+    _, base, kd = _configs(tmp_path)
+    control = _write(tmp_path / "control.yaml", "SOLVER:\n  BASE_LR: 0.01\n  WARMUP_ITERS: 4\n")
+    text = seed_runs.seed_table(
+        [base, control, kd], [1, 2, 3], str(tmp_path / "out"), controls={kd: control}
+    )
+    head, controls = text.split("against the controls, same seeds")
+    assert "| kd vs base | AP50 (primary) |" in head
+    assert "| control vs base | AP50 (primary) |" in head
+    assert (
+        "| kd vs control | AP50 (primary) | 39.3 / 41.7 / 45.0 | 33.0 / 36.0 / 39.0 |" in controls
+    )
+    assert "kd vs base" not in controls
+    assert "), AP50: gain shown" in controls
 
 
 def test_run_comparison_without_a_distilling_student_trains_no_teacher(tmp_path, fake_train):

@@ -69,6 +69,7 @@ __all__ = [
     "Arm",
     "add_primary_arg",
     "add_teacher_args",
+    "choose_teacher",
     "comparison_table",
     "final_record",
     "fmt",
@@ -334,18 +335,25 @@ def train_arms(
     opts: Optional[Mapping[str, Sequence[str]]] = None,
     tag: str = "seeds",
     jobs: int = 1,
+    threads: Optional[int] = None,
 ) -> List[Arm]:
     """Key every config, train every (config, seed) without a finished run under its key,
-    ``jobs`` runs at a time, and return the arms with their results."""
+    ``jobs`` runs at a time (seed by seed, so that a study stopped early holds complete
+    pairs), each with ``threads`` OMP / MKL threads when given, and return the arms with
+    their results."""
     arms = [prepare_arm(c, output, (opts or {}).get(c, ()), tag) for c in configs]
-    pending = [(a, s) for a in arms for s in seeds if final_record(a.run_dir(s))[0] is None]
+    pending = [(a, s) for s in seeds for a in arms if final_record(a.run_dir(s))[0] is None]
+    extra = {}
+    if threads:
+        extra["env"] = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if jobs <= 1:
         for a, s in pending:
-            train(a.config, s, a.run_dir(s), a.opts, tag)
+            train(a.config, s, a.run_dir(s), a.opts, tag, **extra)
     else:
         with ThreadPoolExecutor(jobs) as pool:
             futures = [
-                pool.submit(train, a.config, s, a.run_dir(s), a.opts, tag) for a, s in pending
+                pool.submit(train, a.config, s, a.run_dir(s), a.opts, tag, **extra)
+                for a, s in pending
             ]
             for f in futures:
                 f.result()
@@ -574,15 +582,27 @@ def seed_table(
     jobs: int = 1,
     baselines: Optional[Mapping[str, str]] = None,
     primary: str = PRIMARY,
+    threads: Optional[int] = None,
+    controls: Optional[Mapping[str, str]] = None,
 ) -> str:
     """Train every (config, seed) without a finished run under its key, ``jobs`` runs at a
-    time (:func:`train_arms`), and return the markdown report: the per-config table with keys,
-    the paired comparison of each arm with its baseline (``baselines``: arm config -> baseline
-    config; by default every config against the first), the verdicts on ``primary``, gate (c)
-    and the notes on results not reused. Runs sharing a machine slow each other down: s/iter
-    is only comparable between tables made with the same ``jobs`` on the same machine."""
-    arms = train_arms(configs, seeds, output, opts, tag, jobs)
-    return study_report(arms, baselines, primary)
+    time with ``threads`` threads each (:func:`train_arms`), and return the markdown report:
+    the per-config table with keys, the paired comparison of each arm with its baseline
+    (``baselines``: arm config -> baseline config; by default every config against the
+    first), the verdicts on ``primary``, gate (c) and the notes on results not reused; then
+    the same comparison of arms with their ``controls`` (arm config -> control config), when
+    given. Runs sharing a machine slow each other down: s/iter is only comparable between
+    tables made with the same ``jobs`` on the same machine."""
+    arms = train_arms(configs, seeds, output, opts, tag, jobs, threads)
+    text = study_report(arms, baselines, primary)
+    if controls:
+        table, verdicts = comparison_table(arms, controls, primary)
+        parts = [f"against the controls, same seeds\n\n{table}", "\n".join(verdicts)]
+        boot = bootstrap_lines(arms, controls, primary)
+        if boot:
+            parts.append("\n".join(["bootstrap against the controls (as above)", *boot]))
+        text += "\n\n" + "\n\n".join(parts)
+    return text
 
 
 def study_report(
@@ -637,6 +657,21 @@ def add_teacher_args(parser, default: str, alternative: Optional[str] = None):
         help=f"the teacher's recipe (default {os.path.relpath(default, ROOT)}{other})",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (GPU: several fit)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP / MKL threads of each run (default: inherited; with --jobs N on C cores, C/N)",
+    )
+    parser.add_argument(
+        "--choose-teacher",
+        action="store_true",
+        help="first train every candidate teacher recipe on deepforest_traindev, evaluate it on "
+        "deepforest_dev and use the best one (on --primary) as --teacher-config",
+    )
+    parser.set_defaults(
+        teacher_candidates=[default] + ([alternative] if alternative else []),
+    )
     add_primary_arg(parser)
 
 
@@ -650,11 +685,56 @@ def add_primary_arg(parser):
     )
 
 
+DEV_SPLIT_OPTS = (
+    "DATASETS.TRAIN",
+    "('deepforest_traindev',)",
+    "DATASETS.TEST",
+    "('deepforest_dev',)",
+)
+
+
+def choose_teacher(args, output: str, tag: str) -> Tuple[str, str]:
+    """Train every recipe of ``args.teacher_candidates`` at ``args.teacher_seed`` on
+    ``deepforest_traindev`` and evaluate it on ``deepforest_dev`` (runs under
+    ``output``/teacher_choice, keyed like any run); return (the recipe with the best
+    ``args.primary`` on dev, ties to the first listed; a markdown report of the choice).
+    The chosen recipe is then trained on the full training set as the study's teacher: the
+    evaluation set of the students never decides which teacher they get."""
+    candidates = [os.path.abspath(c) for c in args.teacher_candidates]
+    arms = train_arms(
+        candidates,
+        [args.teacher_seed],
+        os.path.join(output, "teacher_choice"),
+        {c: DEV_SPLIT_OPTS for c in candidates},
+        tag,
+        getattr(args, "jobs", 1),
+        getattr(args, "threads", None),
+    )
+    primary = getattr(args, "primary", PRIMARY)
+    metric = metric_name(primary)
+    best = max(arms, key=lambda a: (a.records[args.teacher_seed][metric], -arms.index(a)))
+    scores = ", ".join(f"{a.name} {a.records[args.teacher_seed][metric]:.1f}" for a in arms)
+    report = (
+        f"teacher chosen on deepforest_dev (trained on deepforest_traindev, seed "
+        f"{args.teacher_seed}), {_short(metric)}: {scores}; chosen: {best.name}\n\n"
+        f"{summary_table(arms, primary)}"
+    )
+    return best.config, report
+
+
 def train_teacher(args, output: str, tag: str):
     """Train (once per key) the teacher of ``args.teacher_config`` at ``args.teacher_seed``;
     return (its markdown table, the config options that make a student distil from it)."""
     teacher = os.path.abspath(args.teacher_config)
-    (arm,) = train_arms([teacher], [args.teacher_seed], output, tag=tag)
+    threads = getattr(args, "threads", None)
+    (arm,) = train_arms(
+        [teacher],
+        [args.teacher_seed],
+        output,
+        tag=tag,
+        jobs=1,
+        threads=threads and threads * max(1, getattr(args, "jobs", 1)),  # it trains alone
+    )
     weights = os.path.join(arm.run_dir(args.teacher_seed), "model_final.pth")
     return study_report([arm], primary=getattr(args, "primary", PRIMARY)), [
         "MODEL.DISTILL.TEACHER.CONFIG_FILE",
@@ -664,22 +744,41 @@ def train_teacher(args, output: str, tag: str):
     ]
 
 
-def run_comparison(args, students: Sequence[str], with_teacher: Sequence[str], tag: str) -> str:
+def run_comparison(
+    args,
+    students: Sequence[str],
+    with_teacher: Sequence[str],
+    tag: str,
+    controls: Optional[Mapping[str, str]] = None,
+) -> str:
     """The projects' teacher -> student comparison: train the teacher of
-    ``args.teacher_config`` (once per key) when a config of ``with_teacher`` is among
-    ``students``, then every student config for ``args.seeds`` (those of ``with_teacher``
-    distilling from that teacher) and compare each with the first (the baseline) on
+    ``args.teacher_config`` (once per key; with ``args.choose_teacher``, the candidate recipe
+    that :func:`choose_teacher` picks on the dev split) when a config of ``with_teacher`` is
+    among ``students``, then every student config for ``args.seeds`` (those of
+    ``with_teacher`` distilling from that teacher) and compare each with the first (the
+    baseline), and with its control in ``controls`` (arm config -> control config), on
     ``args.primary``; print the teacher's and the students' reports and write them to
     ``args.output``/summary.md. Returns the text."""
     text = ""
     opts = {}
     primary = getattr(args, "primary", PRIMARY)
     if any(c in with_teacher for c in students):
+        if getattr(args, "choose_teacher", False):
+            args.teacher_config, choice = choose_teacher(args, args.output, tag)
+            text += f"{choice}\n\n"
         teacher_table, teacher_opts = train_teacher(args, args.output, tag)
         text += f"teacher\n\n{teacher_table}\n\n"
         opts = {c: teacher_opts for c in students if c in with_teacher}
     table = seed_table(
-        students, args.seeds, args.output, opts, tag=tag, jobs=args.jobs, primary=primary
+        students,
+        args.seeds,
+        args.output,
+        opts,
+        tag=tag,
+        jobs=args.jobs,
+        primary=primary,
+        threads=getattr(args, "threads", None),
+        controls=controls,
     )
     text += f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
     print(text)

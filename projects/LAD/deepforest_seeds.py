@@ -7,6 +7,9 @@ written to OUTPUT/summary.md.
     python projects/LAD/deepforest_seeds.py
     python projects/LAD/deepforest_seeds.py --seeds 1 2 3 --output output/LAD/DeepForest
     python projects/LAD/deepforest_seeds.py --methods baseline lad   # a subset
+    python projects/LAD/deepforest_seeds.py --methods baseline boxloss lad --choose-teacher \
+        --seeds 1 2 3 4 5 6 7 8 --jobs 2 --threads 1   # the 8-seed study: teacher chosen on dev,
+                                                       # LAD also against its box-loss control
     python projects/LAD/deepforest_seeds.py --jobs 6 \
         --teacher-config configs/LAD/DeepForest/paa_EffLite0_teacher_ms4x.yaml   # on a GPU
 
@@ -30,12 +33,15 @@ TEACHER = os.path.join(CONFIGS, "paa_EffLite0_teacher.yaml")
 TEACHER_LONG = os.path.join(CONFIGS, "paa_EffLite0_teacher_ms4x.yaml")
 METHODS = {
     "baseline": "paa_EffLite0.yaml",
+    "boxloss": "paa_EffLite0_boxloss.yaml",
     "lad": "paa_EffLite0_lad.yaml",
     "solad": "paa_EffLite0_solad.yaml",
     "colad": "paa_EffLite0_colad.yaml",
     "softlabel": "paa_EffLite0_softlabel.yaml",
 }
 NEEDS_TEACHER = ("lad", "solad", "softlabel")
+# LAD's config also switches the box loss; the control switches only that
+CONTROLS = {"lad": "boxloss"}
 
 
 def main(argv=None):
@@ -51,7 +57,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     students = [os.path.join(CONFIGS, METHODS[m]) for m in args.methods]
     with_teacher = [os.path.join(CONFIGS, METHODS[m]) for m in NEEDS_TEACHER]
-    run_comparison(args, students, with_teacher, "lad-seeds")
+    controls = {
+        os.path.join(CONFIGS, METHODS[arm]): os.path.join(CONFIGS, METHODS[control])
+        for arm, control in CONTROLS.items()
+        if arm in args.methods and control in args.methods
+    }
+    run_comparison(args, students, with_teacher, "lad-seeds", controls)
 
 
 if __name__ == "__main__":
