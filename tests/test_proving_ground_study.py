@@ -149,9 +149,10 @@ def test_the_tiers_arms_baselines_and_teachers():
     cpu = pg.Tier("cpu", SEEDS, 1, "out", 2, 1)
     gpu = pg.Tier("gpu", (1, 2, 3, 4), 1, "out", 16, 1)
     assert cpu.arms == CPU_ARMS
-    assert len(gpu.arms) == 10 and set(CPU_ARMS) < set(gpu.arms)
+    assert len(gpu.arms) == 11 and set(CPU_ARMS) < set(gpu.arms)
     assert set(gpu.arms) - set(CPU_ARMS) == {
         "retinanet_EffLite0_lgd",
+        "retinanet_EffLite0_tfhead",
         "paa_EffLite0_solad",
         "paa_EffLite0_softlabel",
         "paa_EffLite0_colad",
@@ -173,6 +174,7 @@ def test_the_tiers_arms_baselines_and_teachers():
         "SoLAD": 0.55,
         "Soft-Label": 0.5,
         "CoLAD": 0.3,
+        "TF-HEAD": 0.25,
     }
     assert pg.ARMS["paa_EffLite0_lad"].also_against == ("paa_EffLite0_boxloss",)
     assert not pg.ARMS["retinanet_EffLite0_assist"].loads_teacher
