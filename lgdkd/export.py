@@ -42,7 +42,7 @@ def student_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
 
 
 def _from_detectron2(registry, name: str) -> bool:
-    return name in registry._obj_map and registry.get(name).__module__.startswith("detectron2.")
+    return name in registry and registry.get(name).__module__.startswith("detectron2.")
 
 
 def is_stock_detectron2(cfg) -> bool:

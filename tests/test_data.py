@@ -27,7 +27,6 @@ from lgdkd.data import (
     ImageSizeMismatchError,
     apply_num_classes,
     build_test_loader,
-    build_train_loader,
     num_classes_of,
     read_coco_categories,
     register_coco_format,
@@ -35,6 +34,7 @@ from lgdkd.data import (
     register_deepforest,
 )
 from lgdkd.data.toy import TOY_CLASSES, make_toy_coco
+from lgdkd.engine.trainer import Trainer
 
 needs_wheel = pytest.mark.skipif(
     importlib.util.find_spec("deepforest") is None,
@@ -534,13 +534,21 @@ def test_bad_images_name_the_file(tmp_path):
         mapper(wrong)
 
 
+def _train_loader(cfg):
+    """The engine's training loader (lgdkd's dicts and checked mapper) at a fixed seed."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED = 1
+    return Trainer.build_train_loader(cfg)
+
+
 def test_train_set_without_boxes(tmp_path):
     json_path, image_root = make_toy_coco(str(tmp_path), num_images=3, empty_every=1)
     register_coco_format("toy_empty", json_path, image_root)
     with pytest.raises(DatasetError, match="FILTER_EMPTY_ANNOTATIONS=True removes them all"):
-        build_train_loader(_small_cfg(train=["toy_empty"]))
+        _train_loader(_small_cfg(train=["toy_empty"]))
     cfg = _small_cfg(train=["toy_empty"], **{"DATALOADER.FILTER_EMPTY_ANNOTATIONS": "False"})
-    batch = next(iter(build_train_loader(cfg)))
+    batch = next(iter(_train_loader(cfg)))
     assert len(batch) == 2 and all(len(d["instances"]) == 0 for d in batch)
 
 
@@ -548,7 +556,7 @@ def test_loaders(toy):
     json_path, image_root = toy
     register_coco_format("toy_loader", json_path, image_root)
     cfg = _small_cfg(train=["toy_loader"], test=["toy_loader"])
-    batch = next(iter(build_train_loader(cfg)))
+    batch = next(iter(_train_loader(cfg)))
     assert len(batch) == 2
     assert all(len(d["instances"]) > 0 for d in batch)  # empty images are filtered
     test = list(build_test_loader(cfg, "toy_loader"))

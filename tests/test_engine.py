@@ -2,6 +2,7 @@
 
 import argparse
 import itertools
+import json
 import os
 
 import numpy as np
@@ -513,6 +514,18 @@ def test_full_model_gradient_clipping(tiny_cfg):
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "global"
     with pytest.raises(ValueError, match="CLIP_TYPE"):
         Trainer.build_optimizer(cfg, model)
+
+
+def test_writers_run_every_log_period(tiny_cfg):
+    """metrics.json gets a record every SOLVER.LOG_PERIOD iterations and at the last one."""
+    cfg = tiny_cfg("retinanet")
+    cfg.SOLVER.MAX_ITER = 5
+    cfg.SOLVER.LOG_PERIOD = 2
+    cfg.TEST.EVAL_PERIOD = 0
+    _train(cfg)
+    with open(os.path.join(cfg.OUTPUT_DIR, "metrics.json")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    assert [r["iteration"] for r in records if "total_loss" in r] == [1, 3, 4]
 
 
 # ------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ The engine calls, in this order, for every process::
 
     register_datasets_from_cfg(cfg)   # DeepForest, proving ground + DATASETS.COCO_FORMAT
     apply_num_classes(cfg)            # NUM_CLASSES keys from the training data
-    build_train_loader(cfg) / build_test_loader(cfg, name)
+    get_train_dataset_dicts(cfg) + CheckedDatasetMapper(cfg, True)   # the engine's loader
+    build_test_loader(cfg, name)
 
 Every set is loaded with one box rule (:mod:`lgdkd.data.annotations`: boxes clipped to their
 image, empty or malformed ones dropped, counts logged and readable with :func:`box_counts`),
@@ -49,7 +50,6 @@ from .mapper import (
     ImageReadError,
     ImageSizeMismatchError,
     build_test_loader,
-    build_train_loader,
     get_train_dataset_dicts,
 )
 from .proving_ground import (
@@ -78,7 +78,6 @@ __all__ = [
     "AnnotatedTestMapper",
     "box_counts",
     "build_test_loader",
-    "build_train_loader",
     "check_datasets",
     "deepforest_statistics",
     "default_datasets_root",

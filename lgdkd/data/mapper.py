@@ -12,7 +12,6 @@ import logging
 import torch.utils.data as torchdata
 from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import build_detection_test_loader as _d2_build_test_loader
-from detectron2.data import build_detection_train_loader as _d2_build_train_loader
 from detectron2.data import detection_utils
 from detectron2.data.build import (
     filter_images_with_few_keypoints,
@@ -31,7 +30,6 @@ __all__ = [
     "ImageReadError",
     "ImageSizeMismatchError",
     "build_test_loader",
-    "build_train_loader",
     "get_train_dataset_dicts",
 ]
 
@@ -166,14 +164,6 @@ def get_train_dataset_dicts(cfg):
     except AttributeError:  # as detectron2: sets without class names are not checked
         pass
     return dicts
-
-
-def build_train_loader(cfg):
-    """detectron2's training loader over :func:`get_train_dataset_dicts`, with
-    :class:`CheckedDatasetMapper` (``cfg.INPUT`` augmentations, ``is_train=True``)."""
-    return _d2_build_train_loader(
-        cfg, mapper=CheckedDatasetMapper(cfg, True), dataset=get_train_dataset_dicts(cfg)
-    )
 
 
 class AnnotatedTestMapper(CheckedDatasetMapper):

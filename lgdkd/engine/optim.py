@@ -6,12 +6,15 @@ Why not detectron2's ``maybe_add_gradient_clipping`` as is: its per-parameter cl
 and recent torch versions fail on a parameter without gradient (``Expected
 !nested_tensorlist[0].empty()``). In distillation runs such parameters are normal: a frozen
 backbone phase (LGD's FREEZE_BACKBONE_ITERS), a distiller switched off by its schedule, an
-unused head. The clippers here leave those parameters alone, as torch's optimizers do.
+unused head. The clippers here leave those parameters alone, as torch's optimizers do, and
+plug into detectron2's own optimizer-class generator.
 """
 
-import itertools
-
 import torch
+
+# detectron2 v0.6 builds its clipping optimizers with this generator (per-parameter or global
+# clipper); its own clippers are the ones that fail on parameters without a gradient
+from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 from detectron2.solver.build import get_default_optimizer_params
 from detectron2.utils.events import get_event_storage
 
@@ -47,6 +50,9 @@ def teacher_param_groups(model, param_groups, lr_factor):
     return student_groups + teacher_groups
 
 
+_with_gradient_clipping = _generate_optimizer_class_with_gradient_clipping
+
+
 def _put_scalar(name, value):
     try:
         get_event_storage().put_scalar(name, float(value), smoothing_hint=False)
@@ -66,16 +72,14 @@ def full_model_clipping(optimizer_type, max_norm, norm_type=2.0):
             f"{max_norm}."
         )
 
-    def step(self, closure=None):
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+    def clip_all(params):
+        params = [p for p in params if p.grad is not None]
         if params:
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
             if norm_type != 2.0:  # the trainer logs the L2 norm (StepTrainer.log_grad_norm)
                 _put_scalar(f"grad_norm_l{norm_type:g}", norm)
-        return super(cls, self).step(closure)
 
-    cls = type(optimizer_type.__name__ + "WithFullModelClip", (optimizer_type,), {"step": step})
-    return cls
+    return _with_gradient_clipping(optimizer_type, global_clipper=clip_all)
 
 
 def per_parameter_clipping(optimizer_type, clip_type, clip_value, norm_type=2.0):
@@ -87,23 +91,16 @@ def per_parameter_clipping(optimizer_type, clip_type, clip_value, norm_type=2.0)
     if not clip_value > 0:
         raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0, got {clip_value}.")
 
-    def step(self, closure=None):
-        grads = [
-            p.grad
-            for p in itertools.chain.from_iterable(g["params"] for g in self.param_groups)
-            if p.grad is not None
-        ]
-        for grad in grads:
-            if clip_type == "value":
-                grad.clamp_(min=-clip_value, max=clip_value)
-            else:
-                norm = torch.linalg.vector_norm(grad.detach(), norm_type)
-                grad.mul_((clip_value / (norm + 1e-6)).clamp(max=1.0))
-        return super(cls, self).step(closure)
+    def clip_one(p):
+        if p.grad is None:
+            return
+        if clip_type == "value":
+            p.grad.clamp_(min=-clip_value, max=clip_value)
+        else:
+            norm = torch.linalg.vector_norm(p.grad.detach(), norm_type)
+            p.grad.mul_((clip_value / (norm + 1e-6)).clamp(max=1.0))
 
-    name = optimizer_type.__name__ + ("WithValueClip" if clip_type == "value" else "WithNormClip")
-    cls = type(name, (optimizer_type,), {"step": step})
-    return cls
+    return _with_gradient_clipping(optimizer_type, per_param_clipper=clip_one)
 
 
 def build_optimizer(cfg, model) -> torch.optim.Optimizer:

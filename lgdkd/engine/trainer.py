@@ -37,7 +37,6 @@ from detectron2.evaluation import (
 )
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from fvcore.nn.precise_bn import get_bn_modules
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from .. import data as lgdkd_data
@@ -183,29 +182,10 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         """detectron2's default hooks (IterationTimer, LRScheduler, PreciseBN, periodic
         checkpoints, evaluation, writers), with the writers run every SOLVER.LOG_PERIOD."""
-        cfg = self.cfg.clone()
-        cfg.defrost()
-        cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's loader: save memory and start-up time
-        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
-        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
-            ret.append(
-                hooks.PreciseBN(
-                    cfg.TEST.EVAL_PERIOD,
-                    self.model,
-                    self.build_train_loader(cfg),
-                    cfg.TEST.PRECISE_BN.NUM_ITER,
-                )
-            )
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
-
-        def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
-            return self._last_eval_results
-
-        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.LOG_PERIOD))
+        ret = super().build_hooks()
+        for hook in ret:
+            if isinstance(hook, hooks.PeriodicWriter):
+                hook._period = self.cfg.SOLVER.LOG_PERIOD  # v0.6 has no option: it writes 20
         return ret
 
     @classmethod

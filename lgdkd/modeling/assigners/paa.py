@@ -25,7 +25,7 @@ per location, level-major), G_i boxes in image i:
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from detectron2.structures import Boxes, pairwise_iou
@@ -303,9 +303,3 @@ def paa_assign(
         matched_boxes=matched_boxes,
         stats=stats,
     )
-
-
-def paa_targets_of(extras: dict) -> Optional[PAATargets]:
-    """The PAATargets a distillation adapter recorded for a PAA student, if any."""
-    t = extras.get("label_anchors")
-    return t if isinstance(t, PAATargets) else None

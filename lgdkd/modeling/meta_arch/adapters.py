@@ -233,7 +233,7 @@ class GeneralizedRCNNAdapter(StudentAdapter):
 
 def build_adapter(model) -> StudentAdapter:
     """The adapter of ``model``'s family; a clear error if there is none."""
-    classes = sorted(STUDENT_ADAPTER_REGISTRY._obj_map.values(), key=lambda c: -c.priority)
+    classes = sorted((c for _, c in STUDENT_ADAPTER_REGISTRY), key=lambda c: -c.priority)
     for cls in classes:
         if cls.supports(model):
             return cls()

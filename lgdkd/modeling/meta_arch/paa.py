@@ -28,7 +28,7 @@ Shape shorthand: N images, R anchors (one per location, level-major), K = MODEL.
 """
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -441,8 +441,3 @@ class PAA(DenseDetector):
         result.scores = cand_scores[keep]
         result.pred_classes = cls[keep]
         return result
-
-
-def paa_of(model) -> Optional[PAA]:
-    """``model`` itself if it is a PAA detector, else None."""
-    return model if isinstance(model, PAA) else None
