@@ -32,7 +32,7 @@ from detectron2.utils.events import EventStorage
 import lgdkd.modeling.meta_arch.fcos as fcos_module  # registers FCOS and its backbone
 from lgdkd.config import get_cfg
 from lgdkd.engine import Trainer, launch
-from lgdkd.modeling.distillers.head import _fcos_head_with_towers
+from lgdkd.modeling.distillers.head.teacher_free import _fcos_head_with_towers
 from lgdkd.modeling.meta_arch.adapters import build_adapter
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

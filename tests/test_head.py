@@ -22,9 +22,9 @@ from lgdkd.modeling.distillers.head import (
     akd_loss,
     anchor_feature_loss,
     box_head_activations,
-    ramp_weight,
     retina_proposals,
 )
+from lgdkd.modeling.schedule import ramp_weight
 
 SMALL = {
     "MODEL.DISTILL.HEAD.ASSIST.FC_DIM": 64,

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-__all__ = ["DistillSchedule"]
+__all__ = ["DistillSchedule", "ramp_weight"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,14 @@ class DistillSchedule:
 
     def backbone_frozen(self, iteration: int) -> bool:
         return iteration < self.freeze_backbone_iters
+
+
+def ramp_weight(value: float, warmup_iters: int, iteration: int, early_stop: int = -1) -> float:
+    """``value * min(iteration / warmup_iters, 1)``: 0 at iteration 0, ``value`` from
+    ``warmup_iters`` on (the official todd ``WarmupScheduler``); 0 from ``early_stop`` on
+    (``early_stop`` < 0: never)."""
+    if 0 <= early_stop <= iteration:
+        return 0.0
+    if warmup_iters <= 0:
+        return float(value)
+    return float(value) * min(iteration / warmup_iters, 1.0)

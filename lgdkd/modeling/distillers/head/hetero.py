@@ -1,0 +1,246 @@
+"""HEAD (Assist + AKD + CKD; Wang et al., ECCV 2022, arXiv:2207.05345; official code
+LutingWang/HEAD, branch ``refactor``) and the part it shares with TF-HEAD: the assistant, its
+proposals, sampling and losses."""
+
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
+from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
+
+from ...outputs import DetectorOutputs
+from ...schedule import ramp_weight
+from ..build import DISTILLER_REGISTRY
+from .assistant import HEADAssistant, activation_shapes, box_head_activations, transfer_weights
+from .losses import Decouple, adapter_for, akd_loss, anchor_feature_loss
+from .proposals import retina_proposals
+
+__all__ = ["HEADDistiller", "HEADBase"]
+
+
+def _check_retinanet(student) -> None:
+    """HEAD reads the RetinaNet cls tower, which the adapter records for detectron2's own
+    ``RetinaNetHead`` (a subclass may compute its outputs differently)."""
+    if not isinstance(student, RetinaNet) or type(getattr(student, "head", None)) is not (
+        RetinaNetHead
+    ):
+        raise TypeError(
+            "HEAD needs a RetinaNet student (MODEL.DISTILL.STUDENT_META_ARCHITECTURE "
+            f"'RetinaNet' with detectron2's RetinaNetHead), got {type(student).__name__} with "
+            f"{type(getattr(student, 'head', None)).__name__}."
+        )
+
+
+class HEADBase(nn.Module):
+    """Shared by HEAD and TF-HEAD: the assistant, its proposals, sampling and losses."""
+
+    needs_teacher = False
+    needs_teacher_predictions = False
+
+    def __init__(self, cfg, student_shape: Dict[str, ShapeSpec]):
+        super().__init__()
+        h = cfg.MODEL.DISTILL.HEAD
+        if cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE != "RetinaNet":
+            raise ValueError(
+                f"{type(self).__name__} needs MODEL.DISTILL.STUDENT_META_ARCHITECTURE "
+                f"'RetinaNet', got {cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE!r}."
+            )
+        self.num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+        self.assistant = HEADAssistant.build(cfg, student_shape, self.num_classes)
+        self.assistant_channels = student_shape[h.ASSIST.IN_FEATURES[0]].channels
+        p = h.PROPOSAL
+        self.proposal_cfg = dict(
+            pre_nms_topk=p.PRE_NMS_TOPK_PER_LEVEL,
+            post_nms_topk=p.POST_NMS_TOPK,
+            nms_thresh=p.NMS_THRESH,
+            min_size=p.MIN_SIZE,
+        )
+        self._student = []  # the student RetinaNet (not registered: not a submodule here)
+
+    def check_models(self, student, teacher) -> None:
+        _check_retinanet(student)
+        self._student = [student]
+
+    def _tower_channels(self, cfg, student_shape) -> int:
+        return student_shape[cfg.MODEL.RETINANET.IN_FEATURES[0]].channels
+
+    def proposals(self, student: DetectorOutputs) -> List[Instances]:
+        """The assistant's proposals: :func:`retina_proposals` from the student's (detached)
+        RetinaNet outputs with MODEL.DISTILL.HEAD.PROPOSAL, per image in descending score.
+        ``self.assistant.sample(proposals, student.gt_instances)`` gives the RoIs it trains on
+        (positives first; ``gt_classes`` = K for the negatives)."""
+        model = self._student[0]
+        head_in = [student.features[f] for f in student.head_in_features]
+        logits, deltas = student.predictions[0], student.predictions[1]
+        return retina_proposals(
+            model.anchor_generator(head_in),
+            logits,
+            deltas,
+            student.images.image_sizes,
+            model.box2box_transform,
+            self.num_classes,
+            **self.proposal_cfg,
+        )
+
+    def _sample(self, student: DetectorOutputs) -> List[Instances]:
+        return self.assistant.sample(self.proposals(student), student.gt_instances)
+
+    @staticmethod
+    def _id_rows(sampled: List[Instances]) -> Tensor:
+        """(S, 5) rows (img, level, y, x, a) in the order of the sampled RoIs."""
+        return torch.cat(
+            [
+                torch.cat([torch.full_like(p.anchor_pos[:, :1], i), p.anchor_pos], dim=1)
+                for i, p in enumerate(sampled)
+            ]
+        )
+
+    def _assist_losses(self, student, names, warm: float):
+        sampled = self._sample(student)
+        losses, acts = self.assistant.run(student.features, sampled, names)
+        losses = {
+            "loss_assist_cls": losses["loss_cls"] * warm,
+            "loss_assist_box_reg": losses["loss_box_reg"] * warm,
+        }
+        return losses, sampled, acts
+
+
+@DISTILLER_REGISTRY.register()
+class HEADDistiller(HEADBase):
+    """Assist, AKD and CKD (HEAD; "Assist only" with both weights 0 and no teacher).
+
+    Losses: ``loss_assist_cls``, ``loss_assist_box_reg`` (the assistant's Fast R-CNN losses,
+    x the ASSIST.LOSS_WARMUP_ITERS ramp); ``loss_distill_akd`` (sum over AKD.LAYERS of the MSE
+    between Linear(assistant activation) and the teacher's, on every sampled RoI);
+    ``loss_distill_ckd`` (MSE between the adapted student cls-tower vector at each non-GT
+    RoI's anchor location and the teacher's AKD.LAYERS[-1] activation). The KD weights ramp
+    as WEIGHT x min(iteration / WARMUP_ITERS, 1).
+    """
+
+    loss_names = (
+        "loss_assist_cls",
+        "loss_assist_box_reg",
+        "loss_distill_akd",
+        "loss_distill_ckd",
+    )
+
+    def __init__(self, cfg, student_shape, teacher_shape):
+        super().__init__(cfg, student_shape)
+        h = cfg.MODEL.DISTILL.HEAD
+        self.akd_weight, self.akd_warmup = h.AKD.WEIGHT, h.AKD.WARMUP_ITERS
+        self.ckd_weight, self.ckd_warmup = h.CKD.WEIGHT, h.CKD.WARMUP_ITERS
+        self.ckd_stop = h.CKD.EARLY_STOP_ITER
+        self.assist_warmup = h.ASSIST.LOSS_WARMUP_ITERS
+        self.init_from_teacher = h.ASSIST.INIT_FROM_TEACHER
+        self.layers = list(h.AKD.LAYERS)
+        self.uses_teacher = self.akd_weight > 0 or self.ckd_weight > 0
+        if (self.uses_teacher or self.init_from_teacher) and teacher_shape is None:
+            raise ValueError(
+                "HEADDistiller: AKD/CKD (MODEL.DISTILL.HEAD.AKD.WEIGHT / CKD.WEIGHT > 0) and "
+                "ASSIST.INIT_FROM_TEACHER need a Faster R-CNN teacher (MODEL.DISTILL.TEACHER."
+                "NAME 'PretrainedTeacher'); for 'Assist only' set both weights to 0 and "
+                "INIT_FROM_TEACHER False."
+            )
+        if not self.layers:
+            raise ValueError("MODEL.DISTILL.HEAD.AKD.LAYERS is empty.")
+        if h.CKD.ADAPTER not in ("linear", "decouple"):
+            raise ValueError(
+                f"MODEL.DISTILL.HEAD.CKD.ADAPTER = {h.CKD.ADAPTER!r}; valid: linear, decouple"
+            )
+        self.ckd_adapter_kind = h.CKD.ADAPTER
+        self.tower_channels = self._tower_channels(cfg, student_shape)
+        self.num_anchors = None
+        # built in check_models, once the teacher's box head is known
+        self.akd_adapters = nn.ModuleDict()
+        self.ckd_adapter = None
+        self._teacher = []
+
+    def check_models(self, student, teacher) -> None:
+        super().check_models(student, teacher)
+        self.num_anchors = student.anchor_generator.num_cell_anchors[0]
+        if teacher is None:
+            return
+        detector = getattr(teacher, "detector", None)
+        roi_heads = getattr(detector, "roi_heads", None)
+        if not isinstance(getattr(roi_heads, "box_head", None), FastRCNNConvFCHead):
+            raise TypeError(
+                "HEAD's teacher must be a Faster R-CNN (GeneralizedRCNN with StandardROIHeads "
+                f"and a FastRCNNConvFCHead box head), got {type(detector).__name__}; check "
+                "MODEL.DISTILL.TEACHER.CONFIG_FILE."
+            )
+        self._teacher = [detector]
+        if self.init_from_teacher:
+            transfer_weights(self.assistant, roi_heads)
+        # activation shapes: one dry run of both box heads on one zero RoI feature
+        t_shape = teacher.output_shape()[roi_heads.box_in_features[0]]
+        a_res = self.assistant.box_pooler.output_size
+        dims = {
+            "student": activation_shapes(
+                self.assistant.box_head, (self.assistant_channels, *a_res), self.layers
+            ),
+            "teacher": activation_shapes(
+                roi_heads.box_head,
+                (t_shape.channels, *roi_heads.box_pooler.output_size),
+                self.layers,
+            ),
+        }
+        for name in self.layers:
+            self.akd_adapters[name] = adapter_for(dims["student"][name], dims["teacher"][name])
+        t_last = dims["teacher"][self.layers[-1]]
+        if len(t_last) != 1:
+            if self.ckd_weight > 0:
+                raise ValueError(
+                    f"CKD regresses a vector onto the teacher's {self.layers[-1]!r} output, "
+                    f"which is a map {t_last}: make MODEL.DISTILL.HEAD.AKD.LAYERS end with an "
+                    "fc layer, or set CKD.WEIGHT 0."
+                )
+        elif self.ckd_adapter_kind == "linear":
+            self.ckd_adapter = nn.Linear(self.tower_channels, t_last[0])
+        else:
+            self.ckd_adapter = Decouple(self.tower_channels, t_last[0], self.num_anchors)
+
+    def forward(self, student: DetectorOutputs, teacher: Optional[DetectorOutputs], assignment):
+        it = get_event_storage().iter
+        warm = ramp_weight(1.0, self.assist_warmup, it)
+        w_akd = ramp_weight(self.akd_weight, self.akd_warmup, it)
+        w_ckd = ramp_weight(self.ckd_weight, self.ckd_warmup, it, self.ckd_stop)
+        names = self.layers if (w_akd > 0 or w_ckd > 0) else []
+        losses, sampled, acts = self._assist_losses(student, names, warm)
+        zero = student.features[student.head_in_features[0]].sum() * 0.0
+        losses["loss_distill_akd"] = zero
+        losses["loss_distill_ckd"] = zero
+        if not names:
+            return losses
+        if teacher is None:
+            raise ValueError("HEADDistiller: AKD/CKD need the teacher's features.")
+        t_acts = self.teacher_activations(teacher, sampled)
+        if w_akd > 0:
+            akd = akd_loss(self.akd_adapters, acts, t_acts)
+            losses["loss_distill_akd"] = w_akd * akd
+        if w_ckd > 0 and self.ckd_adapter is not None:
+            ckd = anchor_feature_loss(
+                self.ckd_adapter,
+                student.extras["cls_tower"],
+                self._id_rows(sampled),
+                t_acts[self.layers[-1]],
+            )
+            losses["loss_distill_ckd"] = w_ckd * ckd
+        return losses
+
+    @torch.no_grad()
+    def teacher_activations(
+        self, teacher: DetectorOutputs, sampled: List[Instances]
+    ) -> Dict[str, Tensor]:
+        """The frozen teacher's RoI box head on exactly the student's sampled RoIs (its own
+        pooler on its own FPN levels)."""
+        roi_heads = self._teacher[0].roi_heads
+        x = roi_heads.box_pooler(
+            [teacher.features[f] for f in roi_heads.box_in_features],
+            [p.proposal_boxes for p in sampled],
+        )
+        _, acts = box_head_activations(roi_heads.box_head, x, self.layers)
+        return {k: v.detach() for k, v in acts.items()}

@@ -1,0 +1,186 @@
+"""TF-HEAD (teacher-free HEAD; the official ``dev`` branch of LutingWang/HEAD): the assistants
+train with the student and its head features are regressed onto their detached ones."""
+
+from typing import Dict, List
+
+import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import Backbone
+from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
+
+from ...meta_arch.fcos import FCOS, FCOSHead
+from ...outputs import DetectorOutputs
+from ...schedule import ramp_weight
+from ..build import DISTILLER_REGISTRY
+from .assistant import activation_shapes
+from .hetero import HEADBase
+from .losses import Decouple, anchor_feature_loss
+
+__all__ = ["TFHEADDistiller"]
+
+
+class _ShapeOnlyBackbone(Backbone):
+    """No layers: only the student's output shapes, so that detectron2's FCOS (which reads
+    strides from its backbone) can compute its losses on the student's FPN maps."""
+
+    def __init__(self, shapes: Dict[str, ShapeSpec]):
+        super().__init__()
+        self._shapes = dict(shapes)
+
+    def output_shape(self):
+        return self._shapes
+
+    def forward(self, x):
+        raise RuntimeError("The FCOS assistant runs on the student's features only.")
+
+
+def _fcos_head_with_towers(head: FCOSHead, features: List[Tensor]):
+    """``FCOSHead.forward`` (the same code path, per-level scales included) that also returns
+    the cls-tower output per level: ``([logits, deltas, centerness], towers)``."""
+    logits, deltas, ctr, towers = head.forward_with_towers(features)
+    return [logits, deltas, ctr], towers
+
+
+@DISTILLER_REGISTRY.register()
+class TFHEADDistiller(HEADBase):
+    """TF-HEAD (teacher-free; the official ``dev`` branch): the RoI assistant (random init)
+    and, with TF.FCOS_ASSIST, an FCOS assistant head on the student's head levels, both
+    trained with the student (their losses reach its FPN and backbone, x a linear warm-up);
+    the student's RetinaNet cls tower regressed onto their *detached* features.
+
+    Losses: ``loss_assist_cls``, ``loss_assist_box_reg`` and ``loss_assist_fcos_{cls,loc,ctr}``
+    (x TF.FCOS_LOSS_WEIGHTS) x min(iteration / TF.ASSIST_LOSS_WARMUP_ITERS, 1);
+    ``loss_distill_self_fcos`` = sum over levels of mean((conv1x1(S_l) - sg(F_l))^2) (one conv
+    shared by all levels; S_l / F_l the RetinaNet / FCOS cls-tower outputs) x
+    TF.SELF_FCOS_WEIGHT; ``loss_distill_self_rcnn`` = MSE between the adapted cls-tower vector
+    at each non-GT RoI's anchor and sg(the assistant's AKD.LAYERS[-1] activation) x
+    TF.SELF_RCNN_WEIGHT; both x min(iteration / TF.WARMUP_ITERS, 1), 0 from TF.EARLY_STOP_ITER.
+    """
+
+    loss_names = (
+        "loss_assist_cls",
+        "loss_assist_box_reg",
+        "loss_assist_fcos_cls",
+        "loss_assist_fcos_loc",
+        "loss_assist_fcos_ctr",
+        "loss_distill_self_fcos",
+        "loss_distill_self_rcnn",
+    )
+
+    def __init__(self, cfg, student_shape, teacher_shape):
+        super().__init__(cfg, student_shape)
+        if teacher_shape is not None:
+            raise ValueError(
+                "TFHEADDistiller is teacher-free: unset MODEL.DISTILL.TEACHER.NAME (or use "
+                "HEADDistiller for a Faster R-CNN teacher)."
+            )
+        h = cfg.MODEL.DISTILL.HEAD
+        t = h.TF
+        if h.ASSIST.INIT_FROM_TEACHER:
+            raise ValueError(
+                "TF-HEAD has no teacher to copy the assistant from: set "
+                "MODEL.DISTILL.HEAD.ASSIST.INIT_FROM_TEACHER False."
+            )
+        if t.SELF_RCNN_ADAPTER not in ("linear", "decouple"):
+            raise ValueError(
+                f"MODEL.DISTILL.HEAD.TF.SELF_RCNN_ADAPTER = {t.SELF_RCNN_ADAPTER!r}; valid: "
+                "linear, decouple"
+            )
+        self.layer = list(h.AKD.LAYERS)[-1]
+        self.assist_warmup = t.ASSIST_LOSS_WARMUP_ITERS
+        self.fcos_weights = tuple(t.FCOS_LOSS_WEIGHTS)
+        self.self_fcos_weight, self.self_rcnn_weight = t.SELF_FCOS_WEIGHT, t.SELF_RCNN_WEIGHT
+        self.warmup, self.early_stop = t.WARMUP_ITERS, t.EARLY_STOP_ITER
+        c = self._tower_channels(cfg, student_shape)
+        head_in = list(cfg.MODEL.RETINANET.IN_FEATURES)
+        self.fcos = None
+        if t.FCOS_ASSIST:
+            shapes = [student_shape[f] for f in head_in]
+            # MMDetection v2's FCOSHead as the dev branch configures it (configs/kd/
+            # retina_fcos_faster.py: norm_on_bbox, centerness_on_reg, center_sampling 1.5,
+            # conv_bias, GN(32), 4 convs; fcos_head.py: a Scale per level, GIoU weighted by the
+            # centerness targets, reduce_mean'd positive count, closed regress_ranges). The
+            # assistant never runs inference, so the test-time options do not matter.
+            self.fcos = FCOS(
+                backbone=_ShapeOnlyBackbone({f: student_shape[f] for f in head_in}),
+                head=FCOSHead(
+                    input_shape=shapes,
+                    conv_dims=[c] * t.FCOS_NUM_CONVS,
+                    num_classes=self.num_classes,
+                    norm="GN",
+                    prior_prob=0.01,
+                    scale_per_level=True,
+                ),
+                head_in_features=head_in,
+                num_classes=self.num_classes,
+                center_sampling_radius=1.5,
+                pixel_mean=cfg.MODEL.PIXEL_MEAN,
+                pixel_std=cfg.MODEL.PIXEL_STD,
+                box_loss_centerness_weighted=True,
+                norm_across_workers=True,
+                size_range_inclusive=True,
+            )
+            self.self_fcos_conv = nn.Conv2d(c, c, kernel_size=1)
+        out = activation_shapes(
+            self.assistant.box_head,
+            (self.assistant_channels, *self.assistant.box_pooler.output_size),
+            [self.layer],
+        )[self.layer]
+        if len(out) != 1:
+            raise ValueError(
+                f"TF-HEAD regresses a vector onto the assistant's {self.layer!r} output, which "
+                f"is a map {out}: make MODEL.DISTILL.HEAD.AKD.LAYERS end with an fc layer."
+            )
+        num_anchors = len(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]) * len(
+            cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]
+        )
+        if t.SELF_RCNN_ADAPTER == "decouple":
+            self.self_rcnn_adapter = Decouple(c, out[0], num_anchors)
+        else:
+            self.self_rcnn_adapter = nn.Linear(c, out[0])
+
+    def check_models(self, student, teacher) -> None:
+        super().check_models(student, teacher)
+        a = student.anchor_generator.num_cell_anchors[0]
+        if isinstance(self.self_rcnn_adapter, Decouple) and self.self_rcnn_adapter.num != a:
+            raise ValueError(
+                f"TF-HEAD's decouple adapter has {self.self_rcnn_adapter.num} slices but the "
+                f"student has {a} anchors per location."
+            )
+
+    def forward(self, student: DetectorOutputs, teacher, assignment):
+        it = get_event_storage().iter
+        warm = ramp_weight(1.0, self.assist_warmup, it)
+        w_self = ramp_weight(1.0, self.warmup, it, self.early_stop)
+        losses, sampled, acts = self._assist_losses(student, [self.layer], warm)
+        towers = student.extras["cls_tower"]
+        zero = towers[0].sum() * 0.0
+        losses.update({k: zero for k in self.loss_names if k not in losses})
+        if self.fcos is not None:
+            head_in = [student.features[f] for f in student.head_in_features]
+            predictions, fcos_towers = _fcos_head_with_towers(self.fcos.head, head_in)
+            fl = self.fcos.forward_training(
+                student.images, head_in, predictions, student.gt_instances
+            )
+            for (k, v), wk in zip(
+                (
+                    ("cls", fl["loss_fcos_cls"]),
+                    ("loc", fl["loss_fcos_loc"]),
+                    ("ctr", fl["loss_fcos_ctr"]),
+                ),
+                self.fcos_weights,
+            ):
+                losses[f"loss_assist_fcos_{k}"] = v * wk * warm
+            if w_self > 0 and self.self_fcos_weight > 0:
+                total = sum(
+                    F.mse_loss(self.self_fcos_conv(s), f.detach())
+                    for s, f in zip(towers, fcos_towers)
+                )
+                losses["loss_distill_self_fcos"] = total * self.self_fcos_weight * w_self
+        if w_self > 0 and self.self_rcnn_weight > 0:
+            loss = anchor_feature_loss(
+                self.self_rcnn_adapter, towers, self._id_rows(sampled), acts[self.layer].detach()
+            )
+            losses["loss_distill_self_rcnn"] = loss * self.self_rcnn_weight * w_self
+        return losses
