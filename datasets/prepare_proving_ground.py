@@ -26,7 +26,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lgdkd.data.catalog import DatasetError  # noqa: E402
-from lgdkd.data.deepforest import default_datasets_root  # noqa: E402
+from lgdkd.data.generated import default_datasets_root  # noqa: E402
 from lgdkd.data.proving_ground import (  # noqa: E402
     DEFAULT_OPTIONS,
     JSON_SHA256,

@@ -33,6 +33,7 @@ from lgdkd.data import (
     register_datasets_from_cfg,
     register_deepforest,
 )
+from lgdkd.data.generated import publish_folder
 from lgdkd.data.toy import TOY_CLASSES, make_toy_coco
 from lgdkd.engine.trainer import Trainer
 
@@ -561,3 +562,30 @@ def test_loaders(toy):
     assert all(len(d["instances"]) > 0 for d in batch)  # empty images are filtered
     test = list(build_test_loader(cfg, "toy_loader"))
     assert len(test) == 6 and all("instances" not in d[0] for d in test)
+
+
+def test_publish_folder_builds_once_replaces_on_request_and_cleans_up(tmp_path):
+    folder = str(tmp_path / "set")
+    calls = []
+
+    def build(tmp, text="a"):
+        calls.append(tmp)
+        assert oct(os.stat(tmp).st_mode & 0o777) == oct(0o755)
+        with open(os.path.join(tmp, "f.txt"), "w") as f:
+            f.write(text)
+
+    os.makedirs(tmp_path / ".set-tmp-left-by-a-killed-build")
+    publish_folder(folder, build)
+    publish_folder(folder, build)  # exists: not built again
+    assert len(calls) == 1 and open(os.path.join(folder, "f.txt")).read() == "a"
+    publish_folder(folder, lambda tmp: build(tmp, "b"), replace=True)
+    assert open(os.path.join(folder, "f.txt")).read() == "b"
+
+    def failing(tmp):
+        build(tmp, "c")
+        raise RuntimeError("build failed")
+
+    with pytest.raises(RuntimeError, match="build failed"):
+        publish_folder(folder, failing, replace=True)
+    assert open(os.path.join(folder, "f.txt")).read() == "b"  # the old set stays
+    assert sorted(os.listdir(tmp_path)) == [".set.lock", "set"]

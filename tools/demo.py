@@ -126,7 +126,7 @@ def prepare_data(quick):
     """The proving-ground set: built (and fetched) when absent, verified when present.
 
     Returns (dataset folder, whether it is the pinned default build)."""
-    from lgdkd.data.deepforest import default_datasets_root
+    from lgdkd.data.generated import default_datasets_root
     from lgdkd.data.proving_ground import (
         DEFAULT_OPTIONS,
         prepare_proving_ground,

@@ -38,11 +38,11 @@ from .catalog import (
 from .deepforest import (
     DeepForestError,
     deepforest_statistics,
-    default_datasets_root,
     prepare_deepforest,
     register_deepforest,
 )
 from .fashion_mnist import FashionMnistError
+from .generated import default_datasets_root
 from .ground_truth import EvaluationGroundTruth, evaluation_ground_truth
 from .mapper import (
     AnnotatedTestMapper,

@@ -32,19 +32,18 @@ json files are pinned below and checked: the sources before conversion, the json
 after it and every time the set is loaded.
 """
 
-import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from detectron2.data.datasets import load_coco_json
+
+from .generated import default_datasets_root, publish_folder, register_lazy_set, sha256_file
 
 __all__ = [
     "DEEPFOREST_SPLITS",
@@ -74,7 +73,6 @@ DEEPFOREST_SPLITS = ("train", "val")
 # below together whenever the conversion changes.
 FOLDER = "deepforest"
 FORMAT_VERSION = "lgdkd-deepforest-tiles-v1"
-_TMP_PREFIX = ".deepforest-tmp-"
 
 
 @dataclass(frozen=True)
@@ -128,25 +126,6 @@ class DeepForestError(RuntimeError):
     """The DeepForest set cannot be prepared or does not match what this code generates."""
 
 
-def default_datasets_root():
-    """Root folder of the data sets: ``$DETECTRON2_DATASETS`` if set, else ``datasets/``.
-
-    Without the variable, the ``datasets/`` folder of the lgdkd checkout is used (the folder
-    that holds ``datasets/README.md``); for an installed, non-editable lgdkd, ``./datasets``.
-    """
-    env = os.environ.get("DETECTRON2_DATASETS")
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    repo_datasets = os.path.join(os.path.dirname(os.path.dirname(_here())), "datasets")
-    if os.path.isdir(repo_datasets):
-        return repo_datasets
-    return os.path.abspath("datasets")
-
-
-def _here():
-    return os.path.dirname(os.path.abspath(__file__))
-
-
 def deepforest_source_dir():
     """The ``data/`` folder of the installed ``deepforest`` wheel (never imported)."""
     spec = importlib.util.find_spec("deepforest")
@@ -166,15 +145,6 @@ def _installed_version():
         return version("deepforest")
     except Exception:  # not installed, or installed without metadata
         return "unknown"
-
-
-def sha256_file(path):
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,24 +379,6 @@ def verify_deepforest(dataset_dir, check_images=True):
                 )
 
 
-@contextlib.contextmanager
-def _file_lock(path):
-    """Exclusive advisory lock on ``path``; yields True when held. POSIX ``flock``; where it
-    is unavailable this yields False and the atomic rename in :func:`prepare_deepforest`
-    alone keeps the result consistent."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield False
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def prepare_deepforest(root=None, source_dir=None):
     """Make sure ``<root>/deepforest`` exists and matches the pinned checksums.
 
@@ -444,32 +396,15 @@ def prepare_deepforest(root=None, source_dir=None):
     root = os.path.abspath(root or default_datasets_root())
     dataset_dir = os.path.join(root, FOLDER)
     if not os.path.isdir(dataset_dir):
-        os.makedirs(root, exist_ok=True)
-        with _file_lock(os.path.join(root, ".deepforest.lock")) as locked:
-            if not os.path.isdir(dataset_dir):
-                if locked:  # every converter holds the lock: others' temp folders are stale
-                    for name in os.listdir(root):
-                        if name.startswith(_TMP_PREFIX):
-                            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                _convert_and_publish(root, dataset_dir, source_dir)
+        publish_folder(dataset_dir, lambda tmp: _convert_and_verify(tmp, source_dir))
     verify_deepforest(dataset_dir)
     return dataset_dir
 
 
-def _convert_and_publish(root, dataset_dir, source_dir):
-    logger.info("Preparing the DeepForest data set in %s (once; a few seconds)", dataset_dir)
-    tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root)
-    try:
-        convert_deepforest(tmp, source_dir)
-        verify_deepforest(tmp)
-        try:
-            os.rename(tmp, dataset_dir)
-        except OSError:
-            if not os.path.isdir(dataset_dir):  # not a lost race: a real failure
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+def _convert_and_verify(folder, source_dir):
+    logger.info("Preparing the DeepForest data set (once; a few seconds)")
+    convert_deepforest(folder, source_dir)
+    verify_deepforest(folder)
 
 
 def deepforest_statistics(dataset_dir):
@@ -506,8 +441,6 @@ def deepforest_statistics(dataset_dir):
 # detectron2 catalogs
 # --------------------------------------------------------------------------------------------
 def _load_split(split, root, name):
-    from detectron2.data.datasets import load_coco_json
-
     dataset_dir = prepare_deepforest(root)
     return load_coco_json(
         _json_path(dataset_dir, split), os.path.join(dataset_dir, split), dataset_name=name
@@ -517,26 +450,15 @@ def _load_split(split, root, name):
 def register_tree_set(name, json_file, image_root, load, root):
     """Register one DeepForest-derived set ``name`` lazily (``load()`` gives its dicts) with
     its metadata; idempotent for the same ``json_file``, an error for another."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    if name in DatasetCatalog.list():
-        registered = getattr(MetadataCatalog.get(name), "json_file", None)
-        if registered != json_file:
-            raise DeepForestError(
-                f"Data set {name!r} is already registered with {registered}, not "
-                f"{json_file}: DETECTRON2_DATASETS changed in this process, or another "
-                f"data set uses this name."
-            )
-        return name
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
+    return register_lazy_set(
+        name,
+        json_file,
+        image_root,
+        load,
+        DeepForestError,
         thing_classes=list(CLASS_NAMES),
-        evaluator_type="coco",
-        json_file=json_file,
-        image_root=image_root,
         deepforest_root=root,
     )
-    return name
 
 
 def register_deepforest(root=None, prefix="deepforest"):

@@ -20,29 +20,26 @@ and are checked against :data:`JSON_SHA256`.
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import cv2
+from detectron2.data.datasets import load_coco_json
 
 from .deepforest import (
+    _SCENES,
     FOLDER,
     TILE_SIZE,
     DeepForestError,
     _check_sources,
     _dump_json,
-    _file_lock,
     _json_path,
     _read_voc,
-    _SCENES,
-    default_datasets_root,
     deepforest_source_dir,
     grid_windows,
     prepare_deepforest,
     register_tree_set,
-    sha256_file,
     write_tiles,
 )
+from .generated import default_datasets_root, publish_folder, sha256_file
 
 __all__ = ["DEV_BAND_TOP", "DEV_SPLITS", "make_dev_split", "prepare_deepforest_dev", "register"]
 
@@ -123,23 +120,15 @@ def prepare_deepforest_dev(root=None, source_dir=None):
     dataset_dir = prepare_deepforest(root, source_dir)
     folder = os.path.join(root, DEV_FOLDER)
     if not os.path.isdir(folder):
-        with _file_lock(os.path.join(root, ".deepforest_dev.lock")) as locked:
-            if not os.path.isdir(folder):
-                if locked:
-                    for name in os.listdir(root):
-                        if name.startswith(_TMP_PREFIX):
-                            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                logger.info("Carving the DeepForest dev split into %s (once)", folder)
-                tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root)
-                try:
-                    make_dev_split(tmp, dataset_dir, source_dir)
-                    _verify(tmp)
-                    os.rename(tmp, folder)
-                finally:
-                    if os.path.isdir(tmp):
-                        shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(folder, lambda tmp: _carve_and_verify(tmp, dataset_dir, source_dir))
     _verify(folder)
     return folder
+
+
+def _carve_and_verify(folder, dataset_dir, source_dir):
+    logger.info("Carving the DeepForest dev split (once)")
+    make_dev_split(folder, dataset_dir, source_dir)
+    _verify(folder)
 
 
 def _image_root(root, split):
@@ -149,8 +138,6 @@ def _image_root(root, split):
 
 
 def _load(split, root, name):
-    from detectron2.data.datasets import load_coco_json
-
     folder = prepare_deepforest_dev(root)
     return load_coco_json(_dev_json(folder, split), _image_root(root, split), dataset_name=name)
 

@@ -25,7 +25,7 @@ import tempfile
 import numpy as np
 
 from .catalog import DatasetError
-from .deepforest import sha256_file  # noqa: F401  (public here too: the pins' checker)
+from .generated import sha256_file  # noqa: F401  (public here too: the pins' checker)
 
 __all__ = [
     "CLASS_NAMES",

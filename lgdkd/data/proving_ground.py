@@ -29,15 +29,13 @@ options are pinned in :data:`JSON_SHA256`: a build that does not reproduce them 
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
+from detectron2.data.datasets import load_coco_json
 
 from .backgrounds import BACKGROUNDS, background_crop, load_backgrounds, pixels_sha256
 from .catalog import DatasetError
 from .composite import ProvingGroundOptions, compose_image, encode_png
-from .deepforest import default_datasets_root, sha256_file
 from .fashion_mnist import (
     CLASS_NAMES,
     FashionMnistError,
@@ -46,6 +44,7 @@ from .fashion_mnist import (
     how_to_get,
     load_fashion_mnist,
 )
+from .generated import default_datasets_root, publish_folder, register_lazy_set, sha256_file
 
 __all__ = [
     "BACKGROUNDS",
@@ -295,17 +294,12 @@ def prepare_proving_ground(
         folder = fetch_fashion_mnist(root)
     items = load_fashion_mnist(folder, root)
     backgrounds = load_backgrounds()
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{FOLDER}-tmp-", dir=root)
-    os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would keep other users out of the published set
-    try:
+
+    def build(tmp):
         build_proving_ground(tmp, items, backgrounds, options)
         verify_proving_ground(tmp)
-        if os.path.isdir(dataset_dir):
-            shutil.rmtree(dataset_dir)
-        os.rename(tmp, dataset_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_folder(dataset_dir, build, replace=True)
     return dataset_dir
 
 
@@ -368,8 +362,6 @@ def check_proving_ground_available(root):
 
 
 def _load_split(split, root, name):
-    from detectron2.data.datasets import load_coco_json
-
     dataset_dir = os.path.join(root, FOLDER)
     verify_proving_ground(dataset_dir, check_images=True)
     return load_coco_json(
@@ -387,29 +379,17 @@ def register_proving_ground(root=None, prefix="proving_ground"):
     Returns:
         tuple of the registered names.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     root = os.path.abspath(root or default_datasets_root())
     dataset_dir = os.path.join(root, FOLDER)
-    names = []
-    for split in PROVING_GROUND_SPLITS:
-        name = f"{prefix}_{split}"
-        json_file = _json_path(dataset_dir, split)
-        names.append(name)
-        if name in DatasetCatalog.list():
-            registered = getattr(MetadataCatalog.get(name), "json_file", None)
-            if registered != json_file:
-                raise ProvingGroundError(
-                    f"Data set {name!r} is already registered with {registered}, not {json_file}: "
-                    f"DETECTRON2_DATASETS changed in this process, or another set uses the name."
-                )
-            continue
-        DatasetCatalog.register(name, lambda s=split, n=name: _load_split(s, root, n))
-        MetadataCatalog.get(name).set(
+    return tuple(
+        register_lazy_set(
+            f"{prefix}_{split}",
+            _json_path(dataset_dir, split),
+            os.path.join(dataset_dir, split),
+            lambda s=split, n=f"{prefix}_{split}": _load_split(s, root, n),
+            ProvingGroundError,
             thing_classes=list(CLASS_NAMES),
-            evaluator_type="coco",
-            json_file=json_file,
-            image_root=os.path.join(dataset_dir, split),
             proving_ground_root=root,
         )
-    return tuple(names)
+        for split in PROVING_GROUND_SPLITS
+    )

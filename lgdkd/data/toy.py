@@ -6,10 +6,11 @@ image may also be left without objects (``empty_every``) to exercise the no-box 
 
 import json
 import os
-import shutil
 
 import cv2
 import numpy as np
+
+from .generated import publish_folder
 
 TOY_CLASSES = ["rectangle", "ellipse"]
 
@@ -84,16 +85,8 @@ def register_toy(name, root, **kwargs):
 
 def _generate_once(root, **kwargs):
     """Generate into a private folder, then rename: safe with several processes at once."""
-    if os.path.exists(os.path.join(root, "annotations.json")):
-        return
-    os.makedirs(os.path.dirname(root), exist_ok=True)
-    tmp = f"{root}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_toy_coco(tmp, **kwargs)
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not os.path.exists(os.path.join(root, "annotations.json")):
+        publish_folder(root, lambda tmp: make_toy_coco(tmp, **kwargs))
 
 
 # name -> (num_images, seed); generated under <datasets root>/lgdkd_toy/<name> on first use
