@@ -1,4 +1,4 @@
-"""The seed-study engine behind projects/*/deepforest_seeds.py (tools/seed_runs.py) and what it
+"""The seed-study engine behind tools/deepforest_study.py (tools/seed_runs.py) and what it
 reports with (lgdkd.evaluation): the statistics of two arms over the same seeds and their
 verdicts, the run keys that decide which finished runs are reused, the routing of the teacher,
 and the sanity gates."""
@@ -515,24 +515,24 @@ def test_seed_table_with_one_seed_and_own_baselines(tmp_path, fake_train):
     assert "| config | key | seeds | AP | AP50 | AP75 | AP per seed | s/iter |" in text
 
 
-def _script(project):
-    path = os.path.join(ROOT, "projects", project, "deepforest_seeds.py")
-    spec = importlib.util.spec_from_file_location(f"deepforest_seeds_{project}", path)
+def _study():
+    path = os.path.join(ROOT, "tools", "deepforest_study.py")
+    spec = importlib.util.spec_from_file_location("deepforest_study", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_lgd_and_ld_scripts_key_their_real_configs(tmp_path, fake_train):
+def test_the_lgd_and_ld_studies_key_their_real_configs(tmp_path, fake_train):
     out = str(tmp_path / "lgd")
-    _script("LGD").main(["--pairs", "retinanet", "--seeds", "1", "--output", out])
+    _study().main(["lgd", "--methods", "retinanet_lgd", "--seeds", "1", "--output", out])
     assert [n for n, _, _ in fake_train] == ["retinanet_EffLite0", "retinanet_EffLite0_lgd"]
     with open(os.path.join(out, "summary.md")) as f:
         assert "| retinanet_EffLite0_lgd vs retinanet_EffLite0 | AP50 (primary) |" in f.read()
 
     fake_train.clear()
     out = str(tmp_path / "ld")
-    _script("LD").main(["--seeds", "1", "--output", out])
+    _study().main(["ld", "--seeds", "1", "--output", out])
     assert [n for n, _, _ in fake_train] == [
         "gfl_EffLite0_teacher",
         "gfl_EffLite0",
@@ -545,6 +545,27 @@ def test_the_lgd_and_ld_scripts_key_their_real_configs(tmp_path, fake_train):
     assert files["MODEL.DISTILL.TEACHER.WEIGHTS"] is not None  # the teacher trained here
     teacher_file = files["MODEL.DISTILL.TEACHER.CONFIG_FILE"]
     assert teacher_file["config"]["SOLVER"]["MAX_ITER"] == 240
+
+
+def test_a_study_adds_each_arms_baseline_and_compares_it_with_its_control(tmp_path, fake_train):
+    out = str(tmp_path / "lad")
+    text = _study().main(["lad", "--methods", "lad", "boxloss", "--seeds", "1", "--output", out])
+    assert [n for n, _, _ in fake_train] == [
+        "paa_EffLite0_teacher",
+        "paa_EffLite0",
+        "paa_EffLite0_boxloss",
+        "paa_EffLite0_lad",
+    ]
+    teacher_opts = [opts for n, _, opts in fake_train if n == "paa_EffLite0_lad"][0]
+    assert "MODEL.DISTILL.TEACHER.WEIGHTS" in teacher_opts  # the arm distils from the teacher
+    assert [opts for n, _, opts in fake_train if n == "paa_EffLite0_boxloss"] == [[]]
+    assert "| paa_EffLite0_lad vs paa_EffLite0 | AP50 (primary) |" in text
+    assert "against the controls, same seeds" in text
+    assert "| paa_EffLite0_lad vs paa_EffLite0_boxloss | AP50 (primary) |" in text
+
+    fake_train.clear()  # an arm that needs no teacher trains none
+    _study().main(["head", "--methods", "assist", "--seeds", "1", "--output", str(tmp_path / "h")])
+    assert [n for n, _, _ in fake_train] == ["retinanet_EffLite0", "retinanet_EffLite0_assist"]
 
 
 def _inference(run_dir, gt_path, dets):

@@ -750,8 +750,9 @@ def run_comparison(
     with_teacher: Sequence[str],
     tag: str,
     controls: Optional[Mapping[str, str]] = None,
+    baselines: Optional[Mapping[str, str]] = None,
 ) -> str:
-    """The projects' teacher -> student comparison: train the teacher of
+    """The kits' teacher -> student comparison: train the teacher of
     ``args.teacher_config`` (once per key; with ``args.choose_teacher``, the candidate recipe
     that :func:`choose_teacher` picks on the dev split) when a config of ``with_teacher`` is
     among ``students``, then every student config for ``args.seeds`` (those of
@@ -779,6 +780,7 @@ def run_comparison(
         primary=primary,
         threads=getattr(args, "threads", None),
         controls=controls,
+        baselines=baselines,
     )
     text += f"students, seeds {args.seeds}; mean ± sample std\n\n{table}\n"
     print(text)
