@@ -20,7 +20,7 @@ from lgdkd.data.toy import register_builtin_toy
 from lgdkd.export import export_student
 from lgdkd.modeling import DetectorOutputs
 from lgdkd.modeling.teachers.label_guided import box_cell_masks, label_descriptors
-from lgdkd.modeling.teachers.lgd_reference import reference_teacher
+from lgd_reference import reference_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {

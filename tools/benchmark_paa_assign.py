@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from benchmark_lgd import load_cfg  # noqa: E402
+from benchmark import load_cfg  # noqa: E402
 
 import lgdkd  # noqa: E402,F401  (before detectron2: serves its compiled ops if it has none)
 
