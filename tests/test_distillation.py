@@ -20,7 +20,8 @@ from lgdkd.data.toy import register_builtin_toy
 from lgdkd.export import export_student, student_config
 from lgdkd.modeling import DetectorOutputs, DistillSchedule
 from lgdkd.modeling.assigners import gt_box_masks, valid_region_masks
-from lgdkd.modeling.distillers import FeatureMimicDistiller
+from lgdkd.modeling.distillers import DISTILLER_REGISTRY, FeatureMimicDistiller
+from lgdkd.modeling.roles import Borrowed, Distiller
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {
@@ -123,6 +124,18 @@ def _fake_outputs(features, sizes, boxes):
     return DetectorOutputs(images, features, shapes, list(features), None, gt)
 
 
+class _ShapesOnly:
+    """A student / teacher stand-in with feature shapes only (what FeatureMimic reads)."""
+
+    detector = None
+
+    def __init__(self, shapes):
+        self.backbone, self._shapes = self, shapes
+
+    def output_shape(self):
+        return self._shapes
+
+
 @pytest.mark.parametrize("mask", ["all", "gt_boxes"])
 def test_feature_mimic_zero_when_equal_and_batch_invariant(mask):
     cfg = get_cfg()
@@ -135,7 +148,7 @@ def test_feature_mimic_zero_when_equal_and_batch_invariant(mask):
     boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]), torch.tensor([[10.0, 0.0, 60.0, 38.0]])]
     student = _fake_outputs(s_feats, sizes, boxes)
     shape = student.feature_shapes
-    d = FeatureMimicDistiller(cfg, shape, shape)
+    d = FeatureMimicDistiller(cfg, student=_ShapesOnly(shape), teacher=_ShapesOnly(shape))
     same = d(student, _fake_outputs(s_feats, sizes, boxes))["loss_distill_feature_mimic"]
     assert same.item() == 0.0
     loss = d(student, _fake_outputs(t_feats, sizes, boxes))["loss_distill_feature_mimic"]
@@ -160,15 +173,27 @@ def test_feature_mimic_refuses_incompatible_teacher():
     cfg = get_cfg()
     student = {"p3": ShapeSpec(channels=8, stride=8), "p4": ShapeSpec(channels=8, stride=16)}
     with pytest.raises(ValueError, match=r"stride 8 but teacher feature 'p3' has stride 16"):
-        FeatureMimicDistiller(cfg, student, {"p3": ShapeSpec(channels=8, stride=16)})
+        FeatureMimicDistiller(
+            cfg,
+            student=_ShapesOnly(student),
+            teacher=_ShapesOnly({"p3": ShapeSpec(channels=8, stride=16)}),
+        )
     cfg.MODEL.DISTILL.FEATURE_MIMIC.IN_FEATURES = ["p4"]
     cfg.MODEL.DISTILL.FEATURE_MIMIC.TEACHER_FEATURES = ["p5"]
     with pytest.raises(ValueError, match="teacher has no feature 'p5'"):
-        FeatureMimicDistiller(cfg, student, {"p4": ShapeSpec(channels=8, stride=16)})
+        FeatureMimicDistiller(
+            cfg,
+            student=_ShapesOnly(student),
+            teacher=_ShapesOnly({"p4": ShapeSpec(channels=8, stride=16)}),
+        )
     cfg.MODEL.DISTILL.FEATURE_MIMIC.TEACHER_FEATURES = []
     cfg.MODEL.DISTILL.FEATURE_MIMIC.ADAPTER = "identity"
     with pytest.raises(ValueError, match="equal channels"):
-        FeatureMimicDistiller(cfg, student, {"p4": ShapeSpec(channels=16, stride=16)})
+        FeatureMimicDistiller(
+            cfg,
+            student=_ShapesOnly(student),
+            teacher=_ShapesOnly({"p4": ShapeSpec(channels=16, stride=16)}),
+        )
 
 
 # ----------------------------------------------------------------------- meta-architecture
@@ -334,3 +359,44 @@ print("OK")
 """
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------- roles
+class _BorrowingDistiller(Distiller):
+    """Holds a module of the student as a borrowed part, and one parameter of its own."""
+
+    needs_teacher = False
+    loss_names = ("loss_distill_borrowed",)
+
+    def __init__(self, cfg, *, student, teacher):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.student_parts = Borrowed(backbone=student.backbone)
+
+    def forward(self, student, teacher, assignment=None):
+        return {"loss_distill_borrowed": self.scale * 0.0}
+
+
+class _NotADistiller(torch.nn.Module):
+    def __init__(self, cfg, *, student, teacher):
+        super().__init__()
+
+
+def test_roles_are_subclasses_and_borrowed_parts_stay_out_of_their_state(monkeypatch):
+    monkeypatch.setitem(DISTILLER_REGISTRY._obj_map, "_BorrowingDistiller", _BorrowingDistiller)
+    monkeypatch.setitem(DISTILLER_REGISTRY._obj_map, "_NotADistiller", _NotADistiller)
+    cfg = quick_cfg("retinanet")
+    cfg.MODEL.META_ARCHITECTURE = "DistillationDetector"
+    cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "RetinaNet"
+    cfg.MODEL.DISTILL.DISTILLERS = ["_BorrowingDistiller"]
+    model = build_model(cfg)
+    keys = [k for k in model.state_dict() if k.startswith("distillers.")]
+    assert keys == ["distillers.0.scale"]  # the borrowed backbone is the student's only
+    assert model.distillers[0].student_parts.backbone is model.student.backbone
+    cfg.MODEL.DISTILL.DISTILLERS = ["_NotADistiller"]
+    with pytest.raises(
+        TypeError,
+        match=r"DISTILLERS: '_NotADistiller' .* not a subclass of "
+        r"lgdkd.modeling.roles.Distiller",
+    ):
+        build_model(cfg)

@@ -2,7 +2,7 @@
 
 import difflib
 
-__all__ = ["get_from_registry"]
+__all__ = ["get_from_registry", "role_class"]
 
 
 def get_from_registry(registry, name: str, key: str):
@@ -16,3 +16,13 @@ def get_from_registry(registry, name: str, key: str):
         f"{key} = {name!r} is not registered. Valid names: "
         f"{', '.join(names) if names else '(none)'}.{hint}"
     )
+
+
+def role_class(cls, base, key: str):
+    """``cls`` if it subclasses the role ``base``, else a TypeError naming ``key``."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(
+            f"{key}: {getattr(cls, '__name__', cls)!r} is registered but is not a subclass of "
+            f"lgdkd.modeling.roles.{base.__name__}; derive it from that class."
+        )
+    return cls

@@ -26,9 +26,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.structures import Boxes, pairwise_iou
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..outputs import Assignment, DetectorOutputs
+from ..roles import Assigner
 from .build import ASSIGNER_REGISTRY
 
 __all__ = [
@@ -244,7 +245,7 @@ def valid_anchor_mask(
 
 
 @ASSIGNER_REGISTRY.register()
-class ATSSAssigner(nn.Module):
+class ATSSAssigner(Assigner):
     """ATSS positives as distillation regions, for any student: square anchors of side
     MODEL.ATSS.ANCHOR_SCALE x stride at every location of the student's head levels (offset 0),
     assigned with :func:`atss_assign` (MODEL.ATSS.TOPK). ``region_masks`` is 1 at positive
@@ -253,7 +254,7 @@ class ATSSAssigner(nn.Module):
 
     needs_teacher_predictions = False
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, student=None, teacher=None):
         super().__init__()
         self.topk = cfg.MODEL.ATSS.TOPK
         self.scale = cfg.MODEL.ATSS.ANCHOR_SCALE

@@ -18,9 +18,10 @@ t_std), and t_ratio, the fraction of groups that used N2's costs.
 """
 
 import torch
-from torch import nn
 
+from ..meta_arch.paa import check_same_anchor_layout
 from ..outputs import Assignment, DetectorOutputs
+from ..roles import Assigner, Borrowed
 from .build import ASSIGNER_REGISTRY
 from .lad import positive_region_masks
 from .paa import anchor_costs, paa_assign
@@ -74,33 +75,37 @@ def colad_choose_costs(s_costs, t_costs, groups):
 
 
 @ASSIGNER_REGISTRY.register()
-class CoLADAssigner(nn.Module):
+class CoLADAssigner(Assigner):
     """The shared CoLAD assignment of a PAA student and a co-learned PAA teacher (same anchor
     layout, checked at build time). ``extras["label_anchors"]``: the shared PAATargets;
     ``extras["colad"]``: the statistics above."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, student, teacher):
         super().__init__()
-        self._models = None  # plain list (student, teacher detector): not sub-modules
-
-    def check_models(self, student, teacher):
-        from ..meta_arch.paa import check_same_anchor_layout
-
-        if teacher is None or not getattr(teacher, "trainable", False):
+        if teacher is None or not teacher.trainable or teacher.detector is None:
             raise ValueError(
                 "MODEL.DISTILL.ASSIGNER.NAME 'CoLADAssigner' needs a second network trained "
                 "with the student: set MODEL.DISTILL.TEACHER.NAME 'CoLearningTeacher' and its "
                 "CONFIG_FILE (a PAA config)."
             )
-        detector = getattr(teacher, "detector", teacher)
-        check_same_anchor_layout(student, detector, what="co-learned network")
-        self._models = [student, detector]
+        check_same_anchor_layout(student, teacher.detector, what="co-learned network")
+        # the PAA parts both networks' costs are computed with (one anchor layout, checked)
+        self.student_parts = Borrowed(
+            anchors=student.anchors,
+            valid_mask=student.valid_mask,
+            flatten_predictions=student.flatten_predictions,
+            decode=student.decode,
+            num_classes=student.num_classes,
+            assign_kwargs=student.assign_kwargs,
+        )
+        self.teacher_parts = Borrowed(
+            flatten_predictions=teacher.detector.flatten_predictions,
+            decode=teacher.detector.decode,
+        )
 
     @torch.no_grad()
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs) -> Assignment:
-        if self._models is None:
-            raise RuntimeError("CoLADAssigner.check_models(student, teacher) was not called.")
-        model, other = self._models
+        model, other = self.student_parts, self.teacher_parts
         feats = [student.features[f] for f in student.head_in_features]
         anchors, counts = model.anchors(feats)
         gt_instances = student.gt_instances

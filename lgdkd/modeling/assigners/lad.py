@@ -11,9 +11,10 @@ build time. The teacher may be smaller than the student.
 """
 
 import torch
-from torch import nn
 
+from ..meta_arch.paa import check_same_anchor_layout
 from ..outputs import Assignment, DetectorOutputs
+from ..roles import Assigner, Borrowed
 from .build import ASSIGNER_REGISTRY
 
 __all__ = ["LADAssigner", "positive_region_masks"]
@@ -30,7 +31,7 @@ def positive_region_masks(positive: torch.Tensor, outputs: DetectorOutputs, num_
 
 
 @ASSIGNER_REGISTRY.register()
-class LADAssigner(nn.Module):
+class LADAssigner(Assigner):
     """The teacher's PAA assignment as the student's targets.
 
     ``Assignment.extras["label_anchors"]``: the teacher's
@@ -38,32 +39,23 @@ class LADAssigner(nn.Module):
     adapter substitutes them for the student's own assignment); ``region_masks``: the
     teacher's positives per level (for distillers that want them)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, student, teacher):
         super().__init__()
-        self._teacher = None  # a plain list, so that the teacher is not a sub-module here
-
-    def check_models(self, student, teacher):
-        from ..meta_arch.paa import check_same_anchor_layout
-
-        if teacher is None:
+        if teacher is None or teacher.detector is None:
             raise ValueError(
                 "MODEL.DISTILL.ASSIGNER.NAME 'LADAssigner' needs a teacher: set "
                 "MODEL.DISTILL.TEACHER.NAME 'PretrainedTeacher' with the CONFIG_FILE and "
                 "WEIGHTS of a trained PAA detector."
             )
-        detector = getattr(teacher, "detector", teacher)
-        check_same_anchor_layout(student, detector)
-        self._teacher = [detector]
+        check_same_anchor_layout(student, teacher.detector)
+        self.teacher_parts = Borrowed(label_anchors=teacher.detector.label_anchors)
 
     @torch.no_grad()
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs) -> Assignment:
-        if self._teacher is None:
-            raise RuntimeError("LADAssigner.check_models(student, teacher) was not called.")
         if teacher is None or teacher.predictions is None:
             raise RuntimeError("LADAssigner needs the teacher's head predictions.")
-        detector = self._teacher[0]
         feats = [teacher.features[f] for f in teacher.head_in_features]
-        targets = detector.label_anchors(feats, student.gt_instances, teacher.predictions)
+        targets = self.teacher_parts.label_anchors(feats, student.gt_instances, teacher.predictions)
         return Assignment(
             region_masks=positive_region_masks(targets.positive, student, targets.num_per_level),
             extras={"label_anchors": targets},

@@ -7,9 +7,10 @@ from typing import Dict, List
 
 import torch
 from detectron2.structures import Instances
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..outputs import Assignment, DetectorOutputs
+from ..roles import Assigner
 from .build import ASSIGNER_REGISTRY
 
 __all__ = ["gt_box_masks", "valid_region_masks", "GTBoxAssigner"]
@@ -65,13 +66,13 @@ def valid_region_masks(
 
 
 @ASSIGNER_REGISTRY.register()
-class GTBoxAssigner(nn.Module):
+class GTBoxAssigner(Assigner):
     """Distill inside ground-truth boxes: ``region_masks`` from :func:`gt_box_masks` on every
     student feature level."""
 
     needs_teacher_predictions = False
 
-    def __init__(self, cfg=None):
+    def __init__(self, cfg=None, *, student=None, teacher=None):
         super().__init__()
 
     @torch.no_grad()

@@ -3,14 +3,14 @@
 Shape shorthand: N images, C_s / C_t student / teacher channels, H x W one level.
 """
 
-from typing import Dict, Optional
+from typing import Optional
 
-from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.dist import count_over_workers
 from ..assigners.regions import gt_box_masks, valid_region_masks
 from ..outputs import Assignment, DetectorOutputs
+from ..roles import Distiller
 from .build import DISTILLER_REGISTRY
 
 __all__ = ["FeatureMimicDistiller", "instance_norm", "copy_head_from_teacher"]
@@ -73,7 +73,7 @@ def _adapter(kind: str, c_in: int, c_out: int) -> nn.Module:
 
 
 @DISTILLER_REGISTRY.register()
-class FeatureMimicDistiller(nn.Module):
+class FeatureMimicDistiller(Distiller):
     """MSE between ``adapter(student feature)`` and the (detached) teacher feature per level.
 
     Loss of level l over the selected positions P_l (mask m, summed over all workers)::
@@ -91,8 +91,11 @@ class FeatureMimicDistiller(nn.Module):
     loss_names = ("loss_distill_feature_mimic",)
     needs_teacher_predictions = False
 
-    def __init__(self, cfg, student_shape: Dict[str, ShapeSpec], teacher_shape):
+    def __init__(self, cfg, *, student, teacher):
+        """With HEAD_INIT_FROM_TEACHER, the teacher's dense head is copied into the student's
+        here (the student's initialisation, before training)."""
         super().__init__()
+        student_shape, teacher_shape = student.backbone.output_shape(), teacher.output_shape()
         c = cfg.MODEL.DISTILL.FEATURE_MIMIC
         names = list(c.IN_FEATURES) or [k for k in student_shape if k in teacher_shape]
         t_names = list(c.TEACHER_FEATURES) or names
@@ -141,12 +144,8 @@ class FeatureMimicDistiller(nn.Module):
         self.mask = c.MASK
         self.norm = c.NORM
         self.loss_weight = c.LOSS_WEIGHT
-        self.head_init_from_teacher = c.HEAD_INIT_FROM_TEACHER
-
-    def check_models(self, student, teacher) -> None:
-        """With HEAD_INIT_FROM_TEACHER, copy the teacher's dense head into the student's."""
-        if self.head_init_from_teacher:
-            copy_head_from_teacher(student, getattr(teacher, "detector", None))
+        if c.HEAD_INIT_FROM_TEACHER:
+            copy_head_from_teacher(student, teacher.detector)
 
     def _masks(self, student: DetectorOutputs, assignment: Optional[Assignment]):
         feats = {s: student.features[s] for s, _ in self.pairs}

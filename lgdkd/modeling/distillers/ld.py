@@ -35,6 +35,7 @@ from ...utils.dist import count_over_workers, mean_over_workers
 from ..assigners.atss import vlr_region
 from ..meta_arch.gfl import GFL, GFLTargets, gfl_targets_of
 from ..outputs import DetectorOutputs
+from ..roles import Distiller
 from .build import DISTILLER_REGISTRY
 
 __all__ = ["LDDistiller", "check_ld_teacher"]
@@ -77,14 +78,14 @@ def check_ld_teacher(student: nn.Module, teacher_detector: nn.Module, teacher_co
 
 
 @DISTILLER_REGISTRY.register()
-class LDDistiller(nn.Module):
+class LDDistiller(Distiller):
     """Main LD, VLR LD and classification KD from a frozen GFL teacher (see the module
     docstring); keys under MODEL.DISTILL.LD."""
 
     needs_teacher = True
     needs_teacher_predictions = True
 
-    def __init__(self, cfg, student_shape, teacher_shape):
+    def __init__(self, cfg, *, student, teacher):
         super().__init__()
         c = cfg.MODEL.DISTILL.LD
         if c.NORM not in _NORMS:
@@ -128,12 +129,7 @@ class LDDistiller(nn.Module):
                 "MODEL.DISTILL.LD: every loss weight is 0, LDDistiller would do nothing."
             )
         self.loss_names = tuple(names)
-        self.reg_max: Optional[int] = None
-
-    def check_models(self, student: nn.Module, teacher: nn.Module):
-        """Called once at build time by DistillationDetector."""
-        detector = getattr(teacher, "detector", teacher)
-        check_ld_teacher(student, detector, getattr(teacher, "config_file", ""))
+        check_ld_teacher(student, teacher.detector, teacher.config_file)
         self.reg_max = student.reg_max
         self.num_classes = student.num_classes
         if self.num_classes == 1 and self.kd_activation == "softmax":
@@ -219,8 +215,6 @@ class LDDistiller(nn.Module):
                 "LDDistiller needs the student's ATSS targets, recorded when a GFL student's task "
                 "losses run (DistillationDetector runs them before the distillers)."
             )
-        if self.reg_max is None:
-            raise RuntimeError("LDDistiller.check_models was not called at build time.")
         self._check_shapes(student, teacher)
         n = len(student.gt_instances)
         s_flat = self._flatten(student.predictions, n)

@@ -6,14 +6,12 @@ Zhang et al., AAAI 2022 (arXiv 2109.11496), official code megvii-research/LGD
 Shape shorthand: N images, C FPN channels, H_l x W_l level l.
 """
 
-from typing import Dict
-
-from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.dist import count_over_workers
 from ..assigners.regions import valid_region_masks
 from ..outputs import DetectorOutputs
+from ..roles import Distiller
 from .build import DISTILLER_REGISTRY
 from .feature_mimic import instance_norm
 
@@ -21,7 +19,7 @@ __all__ = ["LGDDistiller"]
 
 
 @DISTILLER_REGISTRY.register()
-class LGDDistiller(nn.Module):
+class LGDDistiller(Distiller):
     """``LOSS_WEIGHT * MSE(IN(adapter(F_l)), IN(sg(T_l)))`` over the levels both sides have.
 
     * adapter: conv3x3-ReLU-conv3x3-ReLU-conv3x3 (C -> C), one module shared by every level,
@@ -43,8 +41,9 @@ class LGDDistiller(nn.Module):
     trains_when_off = True
     loss_names = ("loss_distill_lgd",)
 
-    def __init__(self, cfg, student_shape: Dict[str, ShapeSpec], teacher_shape):
+    def __init__(self, cfg, *, student, teacher):
         super().__init__()
+        student_shape, teacher_shape = student.backbone.output_shape(), teacher.output_shape()
         c = cfg.MODEL.DISTILL.LGD
         levels = sorted(k for k in student_shape if k in teacher_shape)
         if not levels:

@@ -24,41 +24,41 @@ from typing import Dict
 import torch
 from detectron2.structures import Boxes, pairwise_iou
 from fvcore.nn import giou_loss
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...layers import focal_binary_kl
 from ...utils.dist import count_over_workers
 from ..outputs import DetectorOutputs
+from ..meta_arch.paa import check_same_anchor_layout
+from ..roles import Borrowed, Distiller
 from .build import DISTILLER_REGISTRY
 
 __all__ = ["SoftLabelDistiller"]
 
 
 @DISTILLER_REGISTRY.register()
-class SoftLabelDistiller(nn.Module):
+class SoftLabelDistiller(Distiller):
     """Keys under MODEL.DISTILL.SOFT_LABEL; teacher and student are PAA detectors with the same
     anchor layout (checked at build time)."""
 
     loss_names = ("loss_distill_soft_cls", "loss_distill_soft_iou", "loss_distill_soft_box")
 
-    def __init__(self, cfg, student_shape=None, teacher_shape=None):
+    def __init__(self, cfg, *, student, teacher):
         super().__init__()
         c = cfg.MODEL.DISTILL.SOFT_LABEL
         self.gamma, self.min_iou = c.GAMMA, c.MIN_IOU
         self.cls_weight, self.iou_weight, self.box_weight = c.CLS_WEIGHT, c.IOU_WEIGHT, c.BOX_WEIGHT
-        self._models = None  # plain list: (student, teacher detector), not sub-modules
-
-    def check_models(self, student, teacher):
-        from ..meta_arch.paa import check_same_anchor_layout
-
-        detector = getattr(teacher, "detector", teacher)
-        check_same_anchor_layout(student, detector)
-        self._models = [student, detector]
+        check_same_anchor_layout(student, teacher.detector)
+        # the student's PAA parts; the teacher's outputs share its layout (checked above)
+        self.student_parts = Borrowed(
+            anchors=student.anchors,
+            valid_mask=student.valid_mask,
+            flatten_predictions=student.flatten_predictions,
+            decode=student.decode,
+        )
 
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs, assignment=None):
-        if self._models is None:
-            raise RuntimeError("SoftLabelDistiller.check_models(student, teacher) was not called.")
-        model = self._models[0]
+        model = self.student_parts
         feats = [student.features[f] for f in student.head_in_features]
         anchors, _ = model.anchors(feats)
         valid = model.valid_mask(feats, student.images.image_sizes)  # (N, R)

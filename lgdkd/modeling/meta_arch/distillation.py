@@ -84,7 +84,7 @@ class DistillationDetector(nn.Module):
             raise ValueError(
                 f"MODEL.DISTILL.EVAL_NETWORK = {eval_network!r}; valid: student, teacher"
             )
-        if eval_network == "teacher" and not getattr(teacher, "trainable", False):
+        if eval_network == "teacher" and not (teacher is not None and teacher.trainable):
             raise ValueError(
                 "MODEL.DISTILL.EVAL_NETWORK 'teacher' needs a teacher trained with the student "
                 "(e.g. MODEL.DISTILL.TEACHER.NAME 'CoLearningTeacher'); a frozen teacher is "
@@ -106,9 +106,7 @@ class DistillationDetector(nn.Module):
             )
             logger.info(f"Student initialised from {init}")
         adapter = build_adapter(student)
-        student_shape = student.backbone.output_shape()
-        teacher = build_teacher(cfg, student, student_shape)
-        teacher_shape = teacher.output_shape() if teacher is not None else None
+        teacher = build_teacher(cfg, student)
         if teacher is not None:
             s_cls, t_cls = num_classes_of(student), teacher.num_classes
             if s_cls >= 0 and t_cls >= 0 and s_cls != t_cls:
@@ -118,23 +116,12 @@ class DistillationDetector(nn.Module):
                     f"({cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE}) predicts {s_cls}: a "
                     "teacher trained on another label set cannot teach this student."
                 )
-        distillers = build_distillers(cfg, student_shape, teacher_shape)
-        for d in distillers:
-            # a distiller that needs more than shapes (detector types, reg_max, ...) checks
-            # the models here, at build time
-            if hasattr(d, "check_models"):
-                d.check_models(student, teacher)
-        assigner = build_assigner(cfg)
-        if assigner is not None and hasattr(assigner, "check_models"):
-            assigner.check_models(student, teacher)
-        if teacher is not None and hasattr(teacher, "require_predictions"):
+        distillers = build_distillers(cfg, student, teacher)
+        assigner = build_assigner(cfg, student, teacher)
+        if teacher is not None:
             # an assigner may read the teacher's predictions (e.g. label assignment)
             teacher.require_predictions(
-                any(
-                    getattr(c, "needs_teacher_predictions", True)
-                    for c in [assigner, *distillers]
-                    if c is not None
-                )
+                any(c.needs_teacher_predictions for c in [assigner, *distillers] if c is not None)
             )
         if teacher is not None and not distillers and cfg.MODEL.DISTILL.ASSIGNER.NAME == "":
             raise ValueError(
@@ -161,9 +148,13 @@ class DistillationDetector(nn.Module):
     def device(self):
         return next(self.student.parameters()).device
 
+    @property
+    def _frozen_teacher(self) -> bool:
+        return self.teacher is not None and not self.teacher.trainable
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.teacher is not None and not getattr(self.teacher, "trainable", False):
+        if self._frozen_teacher:
             self.teacher.train(False)
         return self
 
@@ -178,7 +169,7 @@ class DistillationDetector(nn.Module):
         images, gt_instances = self._adapter.preprocess(self.student, batched_inputs)
         student_out = self._adapter.run(self.student, images, gt_instances)
         teacher_out, assignment = None, None
-        trainable_teacher = self.teacher is not None and getattr(self.teacher, "trainable", False)
+        trainable_teacher = self.teacher is not None and self.teacher.trainable
         if self.teacher is not None and (weight > 0 or trainable_teacher):
             teacher_out = self.teacher(batched_inputs, student_out)
         if weight > 0 and self.assigner is not None:
@@ -200,7 +191,7 @@ class DistillationDetector(nn.Module):
                     raise KeyError(f"Two components return the loss {k!r}.")
             losses.update(out)
 
-        if trainable_teacher and hasattr(self.teacher, "losses"):
+        if trainable_teacher:
             add(self.teacher.losses(self.student, self._adapter, student_out, teacher_out))
         detached = None
         for distiller in self.distillers:
@@ -209,7 +200,7 @@ class DistillationDetector(nn.Module):
                     k: v * weight
                     for k, v in distiller(student_out, teacher_out, assignment).items()
                 }
-            elif getattr(distiller, "trains_when_off", False) and teacher_out is not None:
+            elif distiller.trains_when_off and teacher_out is not None:
                 if detached is None:
                     detached = student_out.with_detached_features()
                 out = distiller(detached, teacher_out, assignment)
@@ -230,13 +221,12 @@ class DistillationDetector(nn.Module):
         """``{state-dict prefix: weights file}`` of the parts loaded from a file of their own
         and never trained: a frozen pretrained teacher (``"teacher."``). The run's checkpoints
         leave them out and keep the file's fingerprint instead (lgdkd.engine.checkpointer)."""
-        if self.teacher is None or getattr(self.teacher, "trainable", False):
+        if not self._frozen_teacher or not self.teacher.weights_file:
             return {}
-        weights = getattr(self.teacher, "weights_file", "")
-        return {"teacher.": weights} if weights else {}
+        return {"teacher.": self.teacher.weights_file}
 
     def teacher_for_evaluation(self) -> Optional[nn.Module]:
         """The teacher as a detector for ``inference_on_dataset`` (None when it has none)."""
-        if self.teacher is None or not hasattr(self.teacher, "detector_for_evaluation"):
+        if self.teacher is None:
             return None
         return self.teacher.detector_for_evaluation(student=self.student)

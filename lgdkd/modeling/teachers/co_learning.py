@@ -3,13 +3,10 @@
 import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
-from torch import nn
 
 from ...checkpoint import load_strict
-from ..meta_arch.adapters import build_adapter, num_classes_of
 from .build import TEACHER_REGISTRY
-from .pretrained import build_teacher_config, channels_reversed, run_on_student_batch
+from .pretrained import DetectorTeacher
 
 __all__ = ["CoLearningTeacher"]
 
@@ -17,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 @TEACHER_REGISTRY.register()
-class CoLearningTeacher(nn.Module):
+class CoLearningTeacher(DetectorTeacher):
     """A detector built from its own config (MODEL.DISTILL.TEACHER.CONFIG_FILE + OPTS) that
     trains with the student: it runs with gradient on the same batch, its own detection losses
     (suffix ``_t``) are added every iteration, on the targets an assigner stored in its outputs
@@ -35,10 +32,8 @@ class CoLearningTeacher(nn.Module):
 
     trainable = True
 
-    def __init__(self, cfg, student=None, student_shape=None):
-        super().__init__()
-        tcfg = build_teacher_config(cfg)
-        self.detector = build_model(tcfg)
+    def __init__(self, cfg, *, student=None):
+        super().__init__(cfg, student=student)
         weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
         if weights:
             load_strict(
@@ -48,27 +43,12 @@ class CoLearningTeacher(nn.Module):
                 strip_prefix="student.",
             )
             logger.info(f"Co-learned network initialised from {weights}")
-        elif tcfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.detector).load(tcfg.MODEL.WEIGHTS)
-            logger.info(f"Co-learned network initialised from {tcfg.MODEL.WEIGHTS}")
-        self._adapter = build_adapter(self.detector)
-        self.num_classes = num_classes_of(self.detector)
-        self._reverse_channels = channels_reversed(cfg, tcfg)
-        self.config_file = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
-
-    def output_shape(self):
-        return self.detector.backbone.output_shape()
+        elif self.teacher_cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(self.detector).load(self.teacher_cfg.MODEL.WEIGHTS)
+            logger.info(f"Co-learned network initialised from {self.teacher_cfg.MODEL.WEIGHTS}")
 
     def require_predictions(self, needed: bool):
         """Its head always runs: its own losses need the predictions."""
-
-    def detector_for_evaluation(self, student=None):
-        return self.detector
-
-    def forward(self, batched_inputs, student):
-        return run_on_student_batch(
-            self._adapter, self.detector, batched_inputs, student, self._reverse_channels
-        )
 
     def losses(self, student_model, adapter, student, teacher):
         out = self._adapter.task_losses(self.detector, teacher)

@@ -1,4 +1,5 @@
-"""A frozen, pretrained detector as teacher."""
+"""Teachers that are detectors built from their own config: the frozen, pretrained one and the
+shared part of the co-learned one (:mod:`.co_learning`)."""
 
 import logging
 
@@ -6,13 +7,14 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
-from torch import nn
 
 from ...checkpoint import load_strict
 from ..meta_arch.adapters import build_adapter, num_classes_of
+from ..roles import Teacher
 from .build import TEACHER_REGISTRY
 
 __all__ = [
+    "DetectorTeacher",
     "PretrainedTeacher",
     "build_teacher_config",
     "channels_reversed",
@@ -53,55 +55,32 @@ def build_teacher_config(cfg):
     return tcfg
 
 
-@TEACHER_REGISTRY.register()
-class PretrainedTeacher(nn.Module):
-    """A detector built from its own config and weights; frozen: eval mode, no gradient, out
-    of the optimizer (``requires_grad`` False), out of the exported student.
+class DetectorTeacher(Teacher):
+    """A detector built from MODEL.DISTILL.TEACHER.CONFIG_FILE + OPTS (:func:`build_teacher_config`)
+    that runs on the student's batch with its own preprocessing (channels reversed when the
+    input formats differ, padded to the student's size).
 
     Attributes:
         detector: the teacher detector (a stock detectron2/lgdkd model).
     """
 
-    trainable = False
-
-    def __init__(self, cfg, student=None, student_shape=None):
+    def __init__(self, cfg, *, student=None):
         super().__init__()
         tcfg = build_teacher_config(cfg)
         self.detector = build_model(tcfg)
-        weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
-        load_strict(
-            self.detector,
-            weights,
-            what="teacher weights (MODEL.DISTILL.TEACHER.WEIGHTS)",
-            strip_prefix="student.",
-        )
-        logger.info(f"Teacher {type(self.detector).__name__} loaded from {weights}")
-        # not saved in the run's checkpoints: --resume reloads it from here (fingerprinted)
-        self.weights_file = weights
-        self.detector.requires_grad_(False)
-        self.detector.eval()
         self._adapter = build_adapter(self.detector)
         self.num_classes = num_classes_of(self.detector)
         self._reverse_channels = channels_reversed(cfg, tcfg)
-        # set by the meta-architecture once the distillers are known (see require_predictions)
         self._with_head = True
         self.config_file = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
-
-    def train(self, mode: bool = True):
-        """Stays in eval mode whatever the caller asks (BN statistics, dropout, proposals)."""
-        return super().train(False)
+        self.teacher_cfg = tcfg
 
     def output_shape(self):
         return self.detector.backbone.output_shape()
 
-    def require_predictions(self, needed: bool):
-        """Whether the teacher must run its detection head (False: backbone + FPN only)."""
-        self._with_head = bool(needed)
-
     def detector_for_evaluation(self, student=None):
         return self.detector
 
-    @torch.no_grad()
     def forward(self, batched_inputs, student):
         return run_on_student_batch(
             self._adapter,
@@ -111,6 +90,39 @@ class PretrainedTeacher(nn.Module):
             self._reverse_channels,
             with_head=self._with_head,
         )
+
+
+@TEACHER_REGISTRY.register()
+class PretrainedTeacher(DetectorTeacher):
+    """A detector built from its own config and weights; frozen: eval mode, no gradient, out
+    of the optimizer (``requires_grad`` False), out of the run's checkpoints (reloaded from
+    ``weights_file``, fingerprinted) and out of the exported student."""
+
+    def __init__(self, cfg, *, student=None):
+        super().__init__(cfg, student=student)
+        weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
+        load_strict(
+            self.detector,
+            weights,
+            what="teacher weights (MODEL.DISTILL.TEACHER.WEIGHTS)",
+            strip_prefix="student.",
+        )
+        logger.info(f"Teacher {type(self.detector).__name__} loaded from {weights}")
+        self.weights_file = weights
+        self.detector.requires_grad_(False)
+        self.detector.eval()
+
+    def train(self, mode: bool = True):
+        """Stays in eval mode whatever the caller asks (BN statistics, dropout, proposals)."""
+        return super().train(False)
+
+    def require_predictions(self, needed: bool):
+        """Whether the teacher must run its detection head (False: backbone + FPN only)."""
+        self._with_head = bool(needed)
+
+    @torch.no_grad()
+    def forward(self, batched_inputs, student):
+        return super().forward(batched_inputs, student)
 
 
 def channels_reversed(cfg, tcfg) -> bool:

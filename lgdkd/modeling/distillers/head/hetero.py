@@ -5,7 +5,6 @@ proposals, sampling and losses."""
 from typing import Dict, List, Optional
 
 import torch
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.structures import Instances
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 
 from ...outputs import DetectorOutputs
 from ...schedule import ramp_weight
+from ...roles import Borrowed, Distiller
 from ..build import DISTILLER_REGISTRY
 from .assistant import HEADAssistant, activation_shapes, box_head_activations, transfer_weights
 from .losses import Decouple, adapter_for, akd_loss, anchor_feature_loss
@@ -35,13 +35,14 @@ def _check_retinanet(student) -> None:
         )
 
 
-class HEADBase(nn.Module):
-    """Shared by HEAD and TF-HEAD: the assistant, its proposals, sampling and losses."""
+class HEADBase(Distiller):
+    """Shared by HEAD and TF-HEAD: the assistant, its proposals, sampling and losses. Borrows
+    the student RetinaNet's anchor generator and box transform (its proposals)."""
 
     needs_teacher = False
     needs_teacher_predictions = False
 
-    def __init__(self, cfg, student_shape: Dict[str, ShapeSpec]):
+    def __init__(self, cfg, *, student):
         super().__init__()
         h = cfg.MODEL.DISTILL.HEAD
         if cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE != "RetinaNet":
@@ -49,6 +50,8 @@ class HEADBase(nn.Module):
                 f"{type(self).__name__} needs MODEL.DISTILL.STUDENT_META_ARCHITECTURE "
                 f"'RetinaNet', got {cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE!r}."
             )
+        _check_retinanet(student)
+        student_shape = student.backbone.output_shape()
         self.num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
         self.assistant = HEADAssistant.build(cfg, student_shape, self.num_classes)
         self.assistant_channels = student_shape[h.ASSIST.IN_FEATURES[0]].channels
@@ -59,11 +62,9 @@ class HEADBase(nn.Module):
             nms_thresh=p.NMS_THRESH,
             min_size=p.MIN_SIZE,
         )
-        self._student = []  # the student RetinaNet (not registered: not a submodule here)
-
-    def check_models(self, student, teacher) -> None:
-        _check_retinanet(student)
-        self._student = [student]
+        self.student_parts = Borrowed(
+            anchor_generator=student.anchor_generator, box2box_transform=student.box2box_transform
+        )
 
     def _tower_channels(self, cfg, student_shape) -> int:
         return student_shape[cfg.MODEL.RETINANET.IN_FEATURES[0]].channels
@@ -73,7 +74,7 @@ class HEADBase(nn.Module):
         RetinaNet outputs with MODEL.DISTILL.HEAD.PROPOSAL, per image in descending score.
         ``self.assistant.sample(proposals, student.gt_instances)`` gives the RoIs it trains on
         (positives first; ``gt_classes`` = K for the negatives)."""
-        model = self._student[0]
+        model = self.student_parts
         head_in = [student.features[f] for f in student.head_in_features]
         logits, deltas = student.predictions[0], student.predictions[1]
         return retina_proposals(
@@ -128,8 +129,9 @@ class HEADDistiller(HEADBase):
         "loss_distill_ckd",
     )
 
-    def __init__(self, cfg, student_shape, teacher_shape):
-        super().__init__(cfg, student_shape)
+    def __init__(self, cfg, *, student, teacher):
+        super().__init__(cfg, student=student)
+        student_shape = student.backbone.output_shape()
         h = cfg.MODEL.DISTILL.HEAD
         self.akd_weight, self.akd_warmup = h.AKD.WEIGHT, h.AKD.WARMUP_ITERS
         self.ckd_weight, self.ckd_warmup = h.CKD.WEIGHT, h.CKD.WARMUP_ITERS
@@ -138,7 +140,7 @@ class HEADDistiller(HEADBase):
         self.init_from_teacher = h.ASSIST.INIT_FROM_TEACHER
         self.layers = list(h.AKD.LAYERS)
         self.uses_teacher = self.akd_weight > 0 or self.ckd_weight > 0
-        if (self.uses_teacher or self.init_from_teacher) and teacher_shape is None:
+        if (self.uses_teacher or self.init_from_teacher) and teacher is None:
             raise ValueError(
                 "HEADDistiller: AKD/CKD (MODEL.DISTILL.HEAD.AKD.WEIGHT / CKD.WEIGHT > 0) and "
                 "ASSIST.INIT_FROM_TEACHER need a Faster R-CNN teacher (MODEL.DISTILL.TEACHER."
@@ -153,18 +155,13 @@ class HEADDistiller(HEADBase):
             )
         self.ckd_adapter_kind = h.CKD.ADAPTER
         self.tower_channels = self._tower_channels(cfg, student_shape)
-        self.num_anchors = None
-        # built in check_models, once the teacher's box head is known
+        self.num_anchors = student.anchor_generator.num_cell_anchors[0]
+        # adapters sized by the teacher's box head
         self.akd_adapters = nn.ModuleDict()
         self.ckd_adapter = None
-        self._teacher = []
-
-    def check_models(self, student, teacher) -> None:
-        super().check_models(student, teacher)
-        self.num_anchors = student.anchor_generator.num_cell_anchors[0]
         if teacher is None:
             return
-        detector = getattr(teacher, "detector", None)
+        detector = teacher.detector
         roi_heads = getattr(detector, "roi_heads", None)
         if not isinstance(getattr(roi_heads, "box_head", None), FastRCNNConvFCHead):
             raise TypeError(
@@ -172,7 +169,12 @@ class HEADDistiller(HEADBase):
                 f"and a FastRCNNConvFCHead box head), got {type(detector).__name__}; check "
                 "MODEL.DISTILL.TEACHER.CONFIG_FILE."
             )
-        self._teacher = [detector]
+        # AKD runs the teacher's own pooler and box head on the student's sampled RoIs
+        self.teacher_parts = Borrowed(
+            box_pooler=roi_heads.box_pooler,
+            box_head=roi_heads.box_head,
+            box_in_features=list(roi_heads.box_in_features),
+        )
         if self.init_from_teacher:
             transfer_weights(self.assistant, roi_heads)
         # activation shapes: one dry run of both box heads on one zero RoI feature
@@ -237,7 +239,7 @@ class HEADDistiller(HEADBase):
     ) -> Dict[str, Tensor]:
         """The frozen teacher's RoI box head on exactly the student's sampled RoIs (its own
         pooler on its own FPN levels)."""
-        roi_heads = self._teacher[0].roi_heads
+        roi_heads = self.teacher_parts
         x = roi_heads.box_pooler(
             [teacher.features[f] for f in roi_heads.box_in_features],
             [p.proposal_boxes for p in sampled],

@@ -68,9 +68,10 @@ class TFHEADDistiller(HEADBase):
         "loss_distill_self_rcnn",
     )
 
-    def __init__(self, cfg, student_shape, teacher_shape):
-        super().__init__(cfg, student_shape)
-        if teacher_shape is not None:
+    def __init__(self, cfg, *, student, teacher):
+        super().__init__(cfg, student=student)
+        student_shape = student.backbone.output_shape()
+        if teacher is not None:
             raise ValueError(
                 "TFHEADDistiller is teacher-free: unset MODEL.DISTILL.TEACHER.NAME (or use "
                 "HEADDistiller for a Faster R-CNN teacher)."
@@ -139,9 +140,6 @@ class TFHEADDistiller(HEADBase):
             self.self_rcnn_adapter = Decouple(c, out[0], num_anchors)
         else:
             self.self_rcnn_adapter = nn.Linear(c, out[0])
-
-    def check_models(self, student, teacher) -> None:
-        super().check_models(student, teacher)
         a = student.anchor_generator.num_cell_anchors[0]
         if isinstance(self.self_rcnn_adapter, Decouple) and self.self_rcnn_adapter.num != a:
             raise ValueError(

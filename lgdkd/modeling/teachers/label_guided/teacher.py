@@ -33,6 +33,7 @@ from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
 from ...outputs import DetectorOutputs
+from ...roles import Teacher
 from ..build import TEACHER_REGISTRY
 from .encoder import LabelEncoder, layer_norm
 from .labels import box_cell_masks, instance_cell_masks, label_descriptors
@@ -45,7 +46,7 @@ _PATTERNS = ("stuGuided", "labelGuided", "student_fill", "teacher_fill")
 
 
 @TEACHER_REGISTRY.register()
-class LabelGuidedTeacher(nn.Module):
+class LabelGuidedTeacher(Teacher):
     """LGD's implicit teacher (config node MODEL.DISTILL.LGD).
 
     ``forward(batched_inputs, student) -> DetectorOutputs`` whose ``features`` have exactly the
@@ -59,10 +60,11 @@ class LabelGuidedTeacher(nn.Module):
 
     trainable = True
 
-    def __init__(self, cfg, *, student, student_shape: Dict[str, ShapeSpec]):
+    def __init__(self, cfg, *, student):
         super().__init__()
         from ...meta_arch.adapters import num_classes_of
 
+        student_shape = student.backbone.output_shape()
         c = cfg.MODEL.DISTILL.LGD
         channels = {s.channels for s in student_shape.values()}
         if len(channels) != 1:
