@@ -31,7 +31,7 @@ restored afterwards, and the random draws (HEAD's RoI sampling) come from a fixe
 
 import contextlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -45,12 +45,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .modeling.assigners.colad import CoLADAssigner
 from .modeling.assigners.lad import LADAssigner
-from .modeling.assigners.paa import PAATargets
 from .modeling.distillers.head import HEADDistiller, TFHEADDistiller
 from .modeling.distillers.ld import LDDistiller
 from .modeling.meta_arch.adapters import DenseDetectorAdapter, build_adapter
 from .modeling.meta_arch.distillation import DistillationDetector
-from .modeling.meta_arch.gfl import GFLTargets, gfl_targets_of
+from .modeling.meta_arch.gfl import GFL
+from .modeling.meta_arch.paa import PAA
+from .modeling.outputs import DenseTargets
 from .modeling.teachers.label_guided import LabelGuidedTeacher
 
 __all__ = [
@@ -223,26 +224,22 @@ def _training_step_state(model, seed: int):
             m.loss_normalizer = v
 
 
-def _positives(student, outputs, targets, title: str) -> Positives:
-    """Image 0's positives from the targets a dense student's loss recorded (GFLTargets,
-    PAATargets, or detectron2's ``(labels, matched boxes)`` of RetinaNet / FCOS)."""
+def _positives(student, outputs, targets: DenseTargets, title: str) -> Positives:
+    """Image 0's positives from a dense student's targets (for detectron2's RetinaNet / FCOS,
+    whose targets do not name the matched box, the box index is found from the box)."""
     names = list(outputs.head_in_features)
-    if isinstance(targets, (GFLTargets, PAATargets)):
-        anchors, counts, matched = targets.anchors, targets.num_per_level, targets.matched[0]
-    elif isinstance(targets, tuple) and len(targets) == 2:
-        labels, matched_boxes = targets[0][0], targets[1][0]
-        matched_boxes = matched_boxes.tensor if isinstance(matched_boxes, Boxes) else matched_boxes
-        per_level = student.anchor_generator([outputs.features[f] for f in names])
-        counts = [len(a) for a in per_level]
-        anchors = Boxes.cat(per_level).tensor
+    counts = targets.num_per_level
+    if targets.matched is not None:
+        anchors, matched = targets.anchors, targets.matched[0]
+    else:
+        anchors = Boxes.cat(targets.anchors).tensor
+        matched_boxes = targets.matched_boxes[0]
         gt = outputs.gt_instances[0].gt_boxes.tensor
-        pos = (labels >= 0) & (labels < student.num_classes)
-        matched = torch.full_like(labels, -1)
+        pos = targets.positive[0]
+        matched = torch.full_like(targets.labels[0], -1)
         if len(gt):  # the box index of each positive, from the box it was matched to
             same = (matched_boxes[:, None, :] == gt[None]).all(dim=-1)
             matched = torch.where(pos & same.any(dim=1), same.float().argmax(dim=1), matched)
-    else:
-        raise TypeError(f"Cannot read positives from targets of type {type(targets).__name__}.")
     levels = torch.repeat_interleave(
         torch.arange(len(counts), device=anchors.device), torch.as_tensor(counts).to(anchors.device)
     )
@@ -257,10 +254,10 @@ def _positives(student, outputs, targets, title: str) -> Positives:
     )
 
 
-def _rule_name(student, targets) -> str:
-    if isinstance(targets, GFLTargets):
+def _rule_name(student) -> str:
+    if isinstance(student, GFL):
         return "ATSS"
-    if isinstance(targets, PAATargets):
+    if isinstance(student, PAA):
         return "PAA"
     return "FCOS rule" if isinstance(student, _D2FCOS) else "IoU matching"
 
@@ -309,20 +306,13 @@ def inspect_step(
         assignment = assigner(s_out, t_out) if assigner is not None else None
         dense = isinstance(adapter, DenseDetectorAdapter)
         if dense and ({"student_pos", "ld_regions"} & set(layers)):
-            adapter.task_losses(student, s_out, assignment)  # records the targets it used
-            own = s_out
-            if assignment is not None and "label_anchors" in assignment.extras:
-                # LAD / CoLAD replaced the student's targets: its own assignment, apart
-                own = replace(s_out, extras=dict(s_out.extras))
-                own.extras.pop("label_anchors")
-                adapter.task_losses(student, own, None)
-            targets = own.extras["label_anchors"]
-            rule = _rule_name(student, targets)
-            view.student_pos = _positives(student, own, targets, f"student {rule}")
+            # the student's own assignment (LAD / CoLAD train it on the assigner's instead)
+            s_out.targets = adapter.targets(student, s_out)
+            title = f"student {_rule_name(student)}"
+            view.student_pos = _positives(student, s_out, s_out.targets, title)
         if "teacher_pos" in layers:
             title = "CoLAD shared" if isinstance(assigner, CoLADAssigner) else "LAD teacher"
-            targets = assignment.extras["label_anchors"]
-            view.teacher_pos = _positives(student, s_out, targets, f"{title} PAA")
+            view.teacher_pos = _positives(student, s_out, assignment.targets, f"{title} PAA")
         for d in distillers:
             if "ld_regions" in layers and isinstance(d, LDDistiller):
                 view.ld_regions = _ld_regions(d, s_out)
@@ -342,7 +332,7 @@ def inspect_step(
 
 
 def _ld_regions(distiller: LDDistiller, s_out):
-    targets = gfl_targets_of(s_out.extras)
+    targets = s_out.targets
     main = targets.positive[0]
     vlr = distiller.vlr_weights(targets, s_out.gt_instances)[0] > 0
     half = targets.strides[:, None] / 2

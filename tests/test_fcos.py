@@ -732,8 +732,9 @@ def test_lgd_teacher_loss_path_uses_the_options(small_cfg):
     with EventStorage():
         images, gt = adapter.preprocess(model, batch)
         outputs = adapter.run(model, images, gt)
+        outputs.targets = adapter.targets(model, outputs)
         student = adapter.task_losses(model, outputs)
-        assert "label_anchors" in outputs.extras
+        assert outputs.targets.labels.shape[0] == len(batch)
         same = adapter.losses_on_features(model, outputs, outputs.features)
         noisy = {k: v + torch.randn_like(v) for k, v in outputs.features.items()}
         other = adapter.losses_on_features(model, outputs, noisy)

@@ -333,7 +333,7 @@ def _outputs(model, batch):
     with EventStorage(0):
         images, gt = adapter.preprocess(model.student, batch)
         student = adapter.run(model.student, images, gt)
-        adapter.task_losses(model.student, student)
+        student.targets = adapter.targets(model.student, student)
         teacher = model.teacher(batch, student)
     return student, teacher
 
@@ -384,7 +384,7 @@ def test_ld_main_term_equals_the_official_sum(tiny_cfg, tmp_path):
     got = model.distillers[0](student, teacher)["loss_distill_ld"]
     flat_s = model.student.flatten_predictions(student.predictions)
     flat_t = model.student.flatten_predictions(teacher.predictions)
-    pos = student.extras["label_anchors"].positive
+    pos = student.targets.positive
     t_temp, expected = 10.0, 0.0
     for i, r in pos.nonzero().tolist():
         w = flat_s[0][i, r].sigmoid().max().double()
@@ -571,7 +571,7 @@ def test_ld_composes_with_main_region_feature_imitation(tiny_cfg, tmp_path):
     # the assigner's positives are the GFL student's own ATSS positives (same anchors)
     student, _ = _outputs(model, batch)
     assignment = model.assigner(student)
-    own = student.extras["label_anchors"].positive
+    own = student.targets.positive
     region = torch.cat(
         [assignment.region_masks[f].flatten(1) for f in student.head_in_features], dim=1
     )

@@ -388,11 +388,11 @@ def test_lad_with_the_student_as_teacher_gives_the_students_own_targets(tiny_cfg
         own = model.student.label_anchors(
             [student.features[f] for f in student.head_in_features], gt, student.predictions
         )
-        losses = adapter.task_losses(model.student, student, assignment)
-    lad = assignment.extras["label_anchors"]
+        student.targets = assignment.targets
+        losses = adapter.task_losses(model.student, student)
+    lad = assignment.targets
     assert own.positive.any()
     assert torch.equal(lad.matched, own.matched) and torch.equal(lad.labels, own.labels)
-    assert student.extras["label_anchors"] is lad
     assert all(torch.isfinite(v) for v in losses.values())
 
 
@@ -543,14 +543,15 @@ def test_colad_step_trains_both_networks_on_one_assignment(tiny_cfg, tmp_path):
     sum(losses.values()).backward()
     assert model.student.head.bbox_pred.weight.grad.abs().sum() > 0
     assert model.teacher.detector.head.bbox_pred.weight.grad.abs().sum() > 0
-    # the shared targets: the student's and N2's losses read the same PAATargets
+    # the shared targets: the student's and N2's losses read the same DenseTargets
     adapter = model._adapter
     with EventStorage(0):
         images, gt = adapter.preprocess(model.student, batch)
         s_out = adapter.run(model.student, images, gt)
         t_out = model.teacher(batch, s_out)
         assignment = model.assigner(s_out, t_out)
-    assert t_out.extras["label_anchors"] is assignment.extras["label_anchors"]
+        model.teacher.losses(model.student, adapter, s_out, t_out, assignment)
+    assert assignment.targets is not None and t_out.targets is assignment.targets
     # with N2 = N1 (same weights, same costs) the switch keeps N1 on ties of std/mean and the
     # shared assignment is the student's own PAA assignment
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(tmp_path / "n1.yaml")
@@ -562,7 +563,7 @@ def test_colad_step_trains_both_networks_on_one_assignment(tiny_cfg, tmp_path):
         images, gt = adapter.preprocess(model.student, batch)
         s_out = adapter.run(model.student, images, gt)
         t_out = model.teacher(batch, s_out)
-        shared = model.assigner(s_out, t_out).extras["label_anchors"]
+        shared = model.assigner(s_out, t_out).targets
         own = model.student.label_anchors(
             [s_out.features[f] for f in s_out.head_in_features], gt, s_out.predictions
         )

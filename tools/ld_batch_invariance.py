@@ -73,7 +73,7 @@ def ld_losses(cfg, indices: List[int]) -> Dict[str, Dict[str, float]]:
     with torch.no_grad(), EventStorage(0):
         images, gt = adapter.preprocess(model.student, batch)
         student = adapter.run(model.student, images, gt)
-        adapter.task_losses(model.student, student)
+        student.targets = adapter.targets(model.student, student)
         teacher = model.teacher(batch, student)
         for norm in NORMS:
             values = {}

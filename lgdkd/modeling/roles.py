@@ -57,8 +57,9 @@ class Teacher(nn.Module):
     * ``config_file = ""``: the config it was built from, named in errors;
     * ``require_predictions(needed)``: told once the other roles are built whether any reads
       its head outputs; by default it runs its head anyway;
-    * ``losses(student_model, adapter, student, teacher) -> {}``: a trainable teacher's own
-      losses, added every iteration;
+    * ``losses(student_model, adapter, student, teacher, assignment) -> {}``: a trainable
+      teacher's own losses, added every iteration (``student.targets`` are the student's
+      targets; ``assignment`` is the assigner's result, None when it did not run);
     * ``detector_for_evaluation(student=None) -> None``: a detector for
       ``inference_on_dataset`` (MODEL.DISTILL.TEACHER.EVAL, EVAL_NETWORK "teacher").
     """
@@ -80,7 +81,7 @@ class Teacher(nn.Module):
     def require_predictions(self, needed: bool) -> None:
         pass
 
-    def losses(self, student_model, adapter, student, teacher) -> Dict[str, Tensor]:
+    def losses(self, student_model, adapter, student, teacher, assignment) -> Dict[str, Tensor]:
         return {}
 
     def detector_for_evaluation(self, student: Optional[nn.Module] = None):

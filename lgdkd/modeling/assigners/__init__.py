@@ -10,5 +10,5 @@ from .atss import (  # noqa: F401
 from .build import ASSIGNER_REGISTRY, build_assigner  # noqa: F401
 from .colad import CoLADAssigner  # noqa: F401
 from .lad import LADAssigner  # noqa: F401
-from .paa import PAATargets, paa_assign  # noqa: F401
+from .paa import paa_assign  # noqa: F401
 from .regions import GTBoxAssigner, gt_box_masks, valid_region_masks  # noqa: F401

@@ -12,7 +12,7 @@ network are used:
 
 Top-k per level on the chosen costs, then one GMM per box over its levels (which may mix the
 two networks' costs) and the MMDetection rule, as PAA. The targets go to the student's loss and
-to N2's loss (``teacher.extras["label_anchors"]``). Logged per step (``colad/``): means over
+to N2's loss (``Assignment.targets``). Logged per step (``colad/``): means over
 groups of the cost means (s_mean, t_mean) and of the stds of groups with 2+ pairs (s_std,
 t_std), and t_ratio, the fraction of groups that used N2's costs.
 """
@@ -77,7 +77,7 @@ def colad_choose_costs(s_costs, t_costs, groups):
 @ASSIGNER_REGISTRY.register()
 class CoLADAssigner(Assigner):
     """The shared CoLAD assignment of a PAA student and a co-learned PAA teacher (same anchor
-    layout, checked at build time). ``extras["label_anchors"]``: the shared PAATargets;
+    layout, checked at build time). ``targets``: the shared DenseTargets;
     ``extras["colad"]``: the statistics above."""
 
     def __init__(self, cfg, *, student, teacher):
@@ -145,8 +145,8 @@ class CoLADAssigner(Assigner):
             **kw,
         )
         targets.stats.update({f"colad_{k}": v for k, v in stats.items()})
-        teacher.extras["label_anchors"] = targets
         return Assignment(
             region_masks=positive_region_masks(targets.positive, student, targets.num_per_level),
-            extras={"label_anchors": targets, "colad": stats},
+            targets=targets,
+            extras={"colad": stats},
         )

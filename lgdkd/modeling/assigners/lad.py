@@ -34,10 +34,9 @@ def positive_region_masks(positive: torch.Tensor, outputs: DetectorOutputs, num_
 class LADAssigner(Assigner):
     """The teacher's PAA assignment as the student's targets.
 
-    ``Assignment.extras["label_anchors"]``: the teacher's
-    :class:`~lgdkd.modeling.assigners.paa.PAATargets`, used by the student's loss (the dense
-    adapter substitutes them for the student's own assignment); ``region_masks``: the
-    teacher's positives per level (for distillers that want them)."""
+    ``Assignment.targets``: the teacher's :class:`~lgdkd.modeling.outputs.DenseTargets`, which
+    the student's loss uses instead of its own assignment; ``region_masks``: the teacher's
+    positives per level (for distillers that want them)."""
 
     def __init__(self, cfg, *, student, teacher):
         super().__init__()
@@ -58,5 +57,5 @@ class LADAssigner(Assigner):
         targets = self.teacher_parts.label_anchors(feats, student.gt_instances, teacher.predictions)
         return Assignment(
             region_masks=positive_region_masks(targets.positive, student, targets.num_per_level),
-            extras={"label_anchors": targets},
+            targets=targets,
         )

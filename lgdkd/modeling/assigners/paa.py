@@ -21,11 +21,10 @@ per location, level-major), G_i boxes in image i:
    positive ("mmdet") or every candidate ("original"). Costs that are all equal cannot crash
    the fit (centred float64 variances + REG_COVAR).
 
-:func:`paa_assign` chains them and returns :class:`PAATargets`.
+:func:`paa_assign` chains them and returns :class:`~lgdkd.modeling.outputs.DenseTargets`.
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import List
 
 import torch
 from detectron2.structures import Boxes, pairwise_iou
@@ -33,9 +32,9 @@ from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import Tensor
 
 from ...layers.gmm import fit_gmm_1d
+from ..outputs import DenseTargets
 
 __all__ = [
-    "PAATargets",
     "preassign",
     "anchor_costs",
     "select_candidates",
@@ -43,33 +42,6 @@ __all__ = [
     "paa_assign",
     "level_of_anchors",
 ]
-
-
-@dataclass
-class PAATargets:
-    """PAA targets of one batch over R anchors (level-major).
-
-    Attributes:
-        anchors: (R, 4) anchor boxes; ``num_per_level`` anchors of each level.
-        valid: (N, R) bool, anchors on the image (not on batch padding).
-        matched: (N, R) int64 ground-truth index of each positive, -1 elsewhere.
-        labels: (N, R) int64 class of each positive, K (background) elsewhere.
-        matched_boxes: (N, R, 4) box of each positive (the anchor elsewhere).
-        stats: scalars for logging (pre-assigned pairs, candidates, positives, boxes without
-            positive).
-    """
-
-    anchors: Tensor
-    num_per_level: List[int]
-    valid: Tensor
-    matched: Tensor
-    labels: Tensor
-    matched_boxes: Tensor
-    stats: Dict[str, float] = field(default_factory=dict)
-
-    @property
-    def positive(self) -> Tensor:
-        return self.matched >= 0
 
 
 def level_of_anchors(num_per_level: List[int], device) -> Tensor:
@@ -232,7 +204,7 @@ def paa_assign(
     gmm_tol: float = 1e-3,
     gmm_reg_covar: float = 1e-6,
     costs_fn=None,
-) -> PAATargets:
+) -> DenseTargets:
     """PAA targets for a batch from the predictions of one network.
 
     Args:
@@ -294,9 +266,10 @@ def paa_assign(
         "positives": float(final.sum()),
         "boxes_without_positive": float(total - boxes_with_pos),
     }
-    return PAATargets(
+    return DenseTargets(
         anchors=anchors,
         num_per_level=list(num_per_level),
+        num_classes=num_classes,
         valid=valid,
         matched=matched,
         labels=labels,

@@ -4,7 +4,7 @@ Detection", CVPR 2022, arXiv:2102.12252; official code HikariTJU/LD).
 A frozen GFocal teacher and a GFocal student see the same padded batch; since both have one
 anchor per location on the same levels, the teacher's output at location (image, level, y, x)
 is compared with the student's at the same location. Regions come from the student's own ATSS
-assignment (recorded by its task losses, :class:`lgdkd.modeling.meta_arch.gfl.GFLTargets`).
+assignment (``student.targets``, :class:`lgdkd.modeling.outputs.DenseTargets`).
 
 Shape shorthand: N images, R locations (all levels), P positives, V VLR locations,
 n = REG_MAX, K classes; l_e = KL over the n + 1 bins of box side e at temperature T, times T^2,
@@ -25,7 +25,7 @@ workers); "weight_sum" uses sum w sum_e l_e / (4 sum w) instead; "legacy" keeps 
 per-GPU sums. KD counts are averaged over workers except in "legacy". See lgdkd/config.py.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from ...layers import class_kd_kl, localization_kl
 from ...utils.dist import count_over_workers, mean_over_workers
 from ..assigners.atss import vlr_region
-from ..meta_arch.gfl import GFL, GFLTargets, gfl_targets_of
-from ..outputs import DetectorOutputs
+from ..meta_arch.gfl import GFL
+from ..outputs import DenseTargets, DetectorOutputs
 from ..roles import Distiller
 from .build import DISTILLER_REGISTRY
 
@@ -188,7 +188,7 @@ class LDDistiller(Distiller):
         return (sums / count_over_workers(counts)).sum()
 
     @torch.no_grad()
-    def vlr_weights(self, targets: GFLTargets, gt_instances) -> Tensor:
+    def vlr_weights(self, targets: DenseTargets, gt_instances) -> Tensor:
         """LD's Valuable Localization Region of each image of the batch, from the student's ATSS
         ``targets`` (whose ``positive`` locations are the main region): (N, R) weight of every
         location, its IoU with the chosen box inside the region and 0 outside
@@ -209,11 +209,11 @@ class LDDistiller(Distiller):
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs, assignment=None):
-        targets: Optional[GFLTargets] = gfl_targets_of(student.extras)
-        if targets is None:
+        targets = student.targets
+        if targets is None or targets.thresholds is None:
             raise ValueError(
-                "LDDistiller needs the student's ATSS targets, recorded when a GFL student's task "
-                "losses run (DistillationDetector runs them before the distillers)."
+                "LDDistiller needs the student's ATSS targets (``student.targets`` of a GFL "
+                "student, set by DistillationDetector before the distillers run)."
             )
         self._check_shapes(student, teacher)
         n = len(student.gt_instances)

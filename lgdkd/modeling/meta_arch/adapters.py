@@ -1,33 +1,39 @@
 """Stateless student adapters: how the distillation meta-architecture drives each detector
 family without copying it.
 
-An adapter exposes three steps of the detector's training forward, so that the teacher,
+An adapter exposes the steps of the detector's training forward, so that the teacher,
 assigner and distillers can run between them:
 
 * ``preprocess(model, batched_inputs) -> (ImageList, Optional[List[Instances]])``
 * ``run(model, images, gt_instances, with_head=True) -> DetectorOutputs``: backbone (+ dense
   head unless ``with_head`` is False, e.g. for a teacher whose distillers read features only)
-* ``task_losses(model, outputs, assignment) -> Dict[str, Tensor]``: the detector's own losses
+* ``targets(model, outputs) -> Optional[DenseTargets]``: the detector's own assignment for
+  its loss (no gradient); None where it assigns inside its heads (R-CNN's RPN and RoI
+  sampling)
+* ``task_losses(model, outputs) -> Dict[str, Tensor]``: the detector's own losses on
+  ``outputs.targets`` (set by the caller: the student's own, or an assigner's)
 * ``losses_on_features(model, outputs, features) -> Dict[str, Tensor]``: the same detector's
   losses with its head run on other feature maps of the same shapes (e.g. LGD's teacher maps),
-  reusing the targets ``task_losses`` assigned to ``outputs`` where the family allows it
+  on the targets of ``outputs``
 
 Adapters hold no state and no parameters; one adapter serves every model of its family.
 Register new ones in ``STUDENT_ADAPTER_REGISTRY``; :func:`build_adapter` picks the first whose
 ``supports(model)`` is true, most specific first (``priority``).
 """
 
-import contextlib
 from typing import Dict, List, Optional
 
+import torch
+
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.meta_arch.fcos import FCOS as D2FCOS
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
-from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
-from detectron2.structures import ImageList, Instances
+from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.registry import Registry
 from torch import Tensor
 
-from ..outputs import Assignment, DetectorOutputs
+from ..outputs import AssignsTargets, DenseTargets, DetectorOutputs
 
 __all__ = [
     "STUDENT_ADAPTER_REGISTRY",
@@ -105,29 +111,59 @@ class DenseDetectorAdapter(StudentAdapter):
             extras=extras,
         )
 
-    def task_losses(
-        self, model, outputs: DetectorOutputs, assignment: Optional[Assignment] = None
-    ) -> Dict[str, Tensor]:
-        """``model.forward_training``; the targets its ``label_anchors`` assigned are kept in
-        ``outputs.extras["label_anchors"]``. An ``assignment`` whose ``extras`` hold
-        "label_anchors" (e.g. LAD's teacher targets) replaces the model's own assignment."""
+    def targets(self, model, outputs: DetectorOutputs) -> Optional[DenseTargets]:
+        """The detector's assignment: ``dense_targets`` of an :class:`AssignsTargets` detector
+        (lgdkd's GFL, PAA), or detectron2's ``anchor_generator`` + ``label_anchors`` of its
+        RetinaNet and FCOS; None for another DenseDetector (its ``forward_training`` assigns)."""
         if outputs.gt_instances is None:
             raise ValueError("Training needs 'instances' in every input dict.")
         head_in = [outputs.features[f] for f in outputs.head_in_features]
-        if assignment is not None and "label_anchors" in assignment.extras:
-            # label-assignment distillation: the student trains on the assigner's targets
-            outputs.extras["label_anchors"] = assignment.extras["label_anchors"]
-        with _recorded_label_anchors(model, outputs.extras):
-            return model.forward_training(
-                outputs.images, head_in, outputs.predictions, outputs.gt_instances
+        if isinstance(model, AssignsTargets):
+            return model.dense_targets(head_in, outputs.predictions, outputs.gt_instances)
+        if isinstance(model, (RetinaNet, D2FCOS)):
+            with torch.no_grad():
+                anchors = model.anchor_generator(head_in)
+                labels, boxes = model.label_anchors(anchors, outputs.gt_instances)
+            return DenseTargets(
+                anchors=anchors,
+                num_per_level=[len(a) for a in anchors],
+                num_classes=model.num_classes,
+                labels=torch.stack(labels),
+                matched_boxes=torch.stack([getattr(b, "tensor", b) for b in boxes]),
             )
+        return None
+
+    def task_losses(self, model, outputs: DetectorOutputs) -> Dict[str, Tensor]:
+        """The detector's losses on its predictions and ``outputs.targets``."""
+        if outputs.gt_instances is None:
+            raise ValueError("Training needs 'instances' in every input dict.")
+        head_in = [outputs.features[f] for f in outputs.head_in_features]
+        return self._losses(model, outputs, head_in, outputs.predictions)
+
+    def _losses(self, model, outputs, head_in, predictions):
+        targets = outputs.targets
+        if targets is None:  # a family without the targets step
+            return model.forward_training(
+                outputs.images, head_in, predictions, outputs.gt_instances
+            )
+        if isinstance(model, AssignsTargets):
+            return model.dense_losses(predictions, targets)
+        # detectron2's RetinaNet / FCOS: its forward_training after label_anchors
+        kinds = [model.num_classes, 4] + ([1] if isinstance(model, D2FCOS) else [])
+        transposed = model._transpose_dense_predictions(predictions, kinds)
+        labels, boxes = list(targets.labels), list(targets.matched_boxes)
+        if isinstance(model, D2FCOS):  # its loss takes the matched boxes as Boxes
+            logits, deltas, centerness = transposed
+            boxes = [Boxes(b) for b in boxes]
+            return model.losses(targets.anchors, logits, labels, deltas, boxes, centerness)
+        logits, deltas = transposed
+        return model.losses(targets.anchors, logits, labels, deltas, boxes)
 
     def losses_on_features(
         self, model, outputs: DetectorOutputs, features: Dict[str, Tensor]
     ) -> Dict[str, Tensor]:
         """The head on ``features`` (same levels and shapes as ``outputs.features``) and the
-        detector's loss with the anchor targets of ``outputs`` (recorded by ``task_losses``;
-        assigned afresh if it has not run)."""
+        detector's loss on the targets of ``outputs``."""
         head_in = [features[f] for f in outputs.head_in_features]
         for f, x in zip(outputs.head_in_features, head_in):
             if x.shape != outputs.features[f].shape:
@@ -135,11 +171,7 @@ class DenseDetectorAdapter(StudentAdapter):
                     f"losses_on_features: feature {f!r} has shape {tuple(x.shape)}, the "
                     f"student's {tuple(outputs.features[f].shape)}."
                 )
-        predictions = list(model.head(head_in))
-        with _recorded_label_anchors(model, outputs.extras):
-            return model.forward_training(
-                outputs.images, head_in, predictions, outputs.gt_instances
-            )
+        return self._losses(model, outputs, head_in, list(model.head(head_in)))
 
 
 def _retinanet_head_with_towers(head: RetinaNetHead, features: List[Tensor]):
@@ -153,25 +185,6 @@ def _retinanet_head_with_towers(head: RetinaNetHead, features: List[Tensor]):
         logits.append(head.cls_score(t))
         deltas.append(head.bbox_pred(head.bbox_subnet(x)))
     return [logits, deltas], towers
-
-
-@contextlib.contextmanager
-def _recorded_label_anchors(model, store: dict):
-    """Within the block, ``model.label_anchors`` returns ``store["label_anchors"]`` when
-    present, else computes the targets and records them there. DenseDetector subclasses assign
-    targets through ``label_anchors(anchors, gt_instances)`` in ``forward_training``."""
-    original = model.label_anchors
-
-    def label_anchors(*args, **kwargs):
-        if "label_anchors" not in store:
-            store["label_anchors"] = original(*args, **kwargs)
-        return store["label_anchors"]
-
-    model.label_anchors = label_anchors
-    try:
-        yield
-    finally:
-        del model.label_anchors
 
 
 @STUDENT_ADAPTER_REGISTRY.register()
@@ -200,9 +213,12 @@ class GeneralizedRCNNAdapter(StudentAdapter):
             gt_instances=gt_instances,
         )
 
-    def task_losses(
-        self, model, outputs: DetectorOutputs, assignment: Optional[Assignment] = None
-    ) -> Dict[str, Tensor]:
+    def targets(self, model, outputs: DetectorOutputs) -> None:
+        """None: the RPN assigns its anchors and the RoI heads sample their proposals inside
+        ``task_losses`` (with the random sampling of detectron2)."""
+        return None
+
+    def task_losses(self, model, outputs: DetectorOutputs) -> Dict[str, Tensor]:
         if outputs.gt_instances is None:
             raise ValueError("Training needs 'instances' in every input dict.")
         images, features, gt = outputs.images, outputs.features, outputs.gt_instances

@@ -47,12 +47,16 @@ class DistillationDetector(nn.Module):
     2. if the schedule's weight w > 0 at this iteration, or the teacher is ``trainable``:
        ``teacher(batched_inputs, student)`` (frozen teachers run without gradient); if w > 0,
        ``assigner(student, teacher)``;
-    3. ``adapter.task_losses``: the student's own detection losses (on the assigner's targets
-       when it supplies ``extras["label_anchors"]``), times MODEL.DISTILL.TASK_LOSS_WEIGHT
-       (with 0 they are computed without gradient, for the targets they assign, and left out);
-    4. a trainable teacher's own losses, ``teacher.losses(student_model, adapter, student,
-       teacher)``, every iteration (they train the teacher, not the student's distillation);
-    5. each distiller's losses, multiplied by w. When w = 0 a distiller with
+    3. the student's targets: the assigner's ``Assignment.targets`` when it gives some (LAD,
+       CoLAD), else its own (``adapter.targets``), set as ``student.targets``;
+    4. ``adapter.task_losses``: the student's own detection losses on those targets, times
+       MODEL.DISTILL.TASK_LOSS_WEIGHT (with 0 they are computed without gradient, for their
+       side effects: a running loss normaliser, logged assignment statistics, and left out);
+       a trainable teacher's own losses, ``teacher.losses(student_model, adapter, student,
+       teacher, assignment)``, every iteration (they train the teacher, not the student's
+       distillation);
+    5. each distiller's losses, multiplied by w (``student.targets`` are there for those that
+       read the assignment, as LD). When w = 0 a distiller with
        ``trains_when_off`` runs on detached student features at full weight (only its own
        parameters learn, as LGD's adapter does in its off phases); any other is skipped and
        its losses are logged as 0.
@@ -175,15 +179,18 @@ class DistillationDetector(nn.Module):
         if weight > 0 and self.assigner is not None:
             assignment = self.assigner(student_out, teacher_out)
 
+        if assignment is not None and assignment.targets is not None:
+            student_out.targets = assignment.targets
+        else:
+            student_out.targets = self._adapter.targets(self.student, student_out)
+
         losses = {}
         if self.task_loss_weight != 0:
-            task = self._adapter.task_losses(self.student, student_out, assignment)
+            task = self._adapter.task_losses(self.student, student_out)
             losses.update({k: v * self.task_loss_weight for k, v in task.items()})
-        else:
-            # the student's targets (which distillers such as LD read) are assigned where its
-            # losses are computed: they are computed without gradient and left out
+        else:  # for their side effects (a running normaliser, logged statistics) only
             with torch.no_grad():
-                self._adapter.task_losses(self.student, student_out, assignment)
+                self._adapter.task_losses(self.student, student_out)
 
         def add(out):
             for k in out:
@@ -192,7 +199,11 @@ class DistillationDetector(nn.Module):
             losses.update(out)
 
         if trainable_teacher:
-            add(self.teacher.losses(self.student, self._adapter, student_out, teacher_out))
+            add(
+                self.teacher.losses(
+                    self.student, self._adapter, student_out, teacher_out, assignment
+                )
+            )
         detached = None
         for distiller in self.distillers:
             if weight > 0:

@@ -28,8 +28,7 @@ square anchor each), K = MODEL.GFL.NUM_CLASSES, n = MODEL.GFL.REG_MAX (bins 0..n
 """
 
 import math
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +51,9 @@ from ...layers import (
 )
 from ...utils.dist import count_over_workers
 from ..assigners.atss import atss_assign, grid_anchors, valid_anchor_mask
+from ..outputs import AssignsTargets, DenseTargets
 
-__all__ = ["GFL", "GFLHead", "GFLTargets", "aligned_iou"]
+__all__ = ["GFL", "GFLHead", "aligned_iou"]
 
 
 class Scale(nn.Module):
@@ -165,37 +165,6 @@ class GFLHead(nn.Module):
         return [logits, reg, quality] if self.dgqp else [logits, reg]
 
 
-@dataclass
-class GFLTargets:
-    """ATSS targets of one batch, level-major over R locations (what ``label_anchors``
-    returns; recorded by the distillation adapter for distillers such as LD).
-
-    Attributes:
-        anchors: (R, 4) anchor boxes; centres (R, 2) and strides (R,) of each location.
-        num_per_level: locations of each level.
-        valid: (N, R) bool, False on padding that the image does not cover.
-        matched: (N, R) int64, assigned ground-truth index, -1 for negatives.
-        labels: (N, R) int64 class in [0, K), K for negatives.
-        matched_boxes: (N, R, 4) assigned box (the anchor itself for negatives).
-        thresholds: per image (G_i,) ATSS IoU thresholds (used by LD's VLR).
-    """
-
-    anchors: Tensor
-    centers: Tensor
-    strides: Tensor
-    num_per_level: List[int]
-    valid: Tensor
-    matched: Tensor
-    labels: Tensor
-    matched_boxes: Tensor
-    thresholds: List[Tensor]
-
-    @property
-    def positive(self) -> Tensor:
-        """(N, R) bool."""
-        return self.matched >= 0
-
-
 def aligned_iou(a: Tensor, b: Tensor) -> Tensor:
     """IoU of row i of ``a`` with row i of ``b`` (both (P, 4) XYXY) -> (P,)."""
     lt = torch.maximum(a[:, :2], b[:, :2])
@@ -207,7 +176,7 @@ def aligned_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 @META_ARCH_REGISTRY.register()
-class GFL(DenseDetector):
+class GFL(AssignsTargets, DenseDetector):
     """GFocal V1/V2 detector; keys under MODEL.GFL (lgdkd/config.py)."""
 
     @configurable
@@ -327,8 +296,8 @@ class GFL(DenseDetector):
 
     # ----------------------------------------------------------------------------- training
     @torch.no_grad()
-    def label_anchors(self, features: List[Tensor], gt_instances: List[Instances]) -> GFLTargets:
-        """ATSS targets of the batch (see :class:`GFLTargets`)."""
+    def label_anchors(self, features: List[Tensor], gt_instances: List[Instances]) -> DenseTargets:
+        """ATSS targets of the batch (see :class:`~lgdkd.modeling.outputs.DenseTargets`)."""
         anchors, centers, strides, counts = self.anchors(features)
         sizes = [tuple(f.shape[-2:]) for f in features]
         div = self.backbone.size_divisibility
@@ -350,11 +319,12 @@ class GFL(DenseDetector):
             labels.append(lab)
             boxes.append(box)
             thresholds.append(res.thresholds)
-        return GFLTargets(
+        return DenseTargets(
             anchors=anchors,
             centers=centers,
             strides=strides,
             num_per_level=counts,
+            num_classes=self.num_classes,
             valid=torch.stack(valid),
             matched=torch.stack(matched),
             labels=torch.stack(labels),
@@ -367,8 +337,10 @@ class GFL(DenseDetector):
         dims = [self.num_classes, 4 * (self.reg_max + 1)] + ([1] if self.dgqp else [])
         return [cat(p, dim=1) for p in self._transpose_dense_predictions(predictions, dims)]
 
-    def forward_training(self, images, features, predictions, gt_instances):
-        targets = self.label_anchors(features, gt_instances)
+    def dense_targets(self, features, predictions, gt_instances) -> DenseTargets:
+        return self.label_anchors(features, gt_instances)
+
+    def dense_losses(self, predictions, targets: DenseTargets) -> dict:
         return self.losses(targets, predictions)
 
     def positive_weights(self, flat: List[Tensor]) -> Tensor:
@@ -379,7 +351,7 @@ class GFL(DenseDetector):
                 return (flat[0].float().sigmoid() * flat[2].float()).amax(dim=2)
             return flat[0].float().sigmoid().amax(dim=2)
 
-    def losses(self, targets: GFLTargets, predictions) -> dict:
+    def losses(self, targets: DenseTargets, predictions) -> dict:
         flat = self.flatten_predictions(predictions)
         logits, reg = flat[0].float(), flat[1].float()
         pos = targets.positive
@@ -501,9 +473,3 @@ class GFL(DenseDetector):
         result.scores = cand_scores[keep]
         result.pred_classes = cls[keep]
         return result
-
-
-def gfl_targets_of(extras: dict) -> Optional[GFLTargets]:
-    """The GFLTargets a distillation adapter recorded for a GFL student, if any."""
-    t = extras.get("label_anchors")
-    return t if isinstance(t, GFLTargets) else None

@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from ...layers import paa_score_voting
 from ...utils.dist import mean_over_workers
 from ..assigners.atss import grid_anchors, valid_anchor_mask
-from ..assigners.paa import PAATargets, paa_assign
+from ..assigners.paa import paa_assign
+from ..outputs import AssignsTargets, DenseTargets
 from .gfl import (
     Scale,
     aligned_iou,
@@ -134,7 +135,7 @@ def check_same_anchor_layout(student, teacher, what: str = "teacher"):
 
 
 @META_ARCH_REGISTRY.register()
-class PAA(DenseDetector):
+class PAA(AssignsTargets, DenseDetector):
     """PAA detector; keys under MODEL.PAA (lgdkd/config.py)."""
 
     @configurable
@@ -308,8 +309,10 @@ class PAA(DenseDetector):
             **self.assign_kwargs,
         )
 
-    def forward_training(self, images, features, predictions, gt_instances):
-        targets = self.label_anchors(features, gt_instances, predictions)
+    def dense_targets(self, features, predictions, gt_instances) -> DenseTargets:
+        return self.label_anchors(features, gt_instances, predictions)
+
+    def dense_losses(self, predictions, targets: DenseTargets) -> dict:
         return self.losses(targets, predictions)
 
     def _normalisers(self, num_pos: Tensor, n_img: int, iou_sum: Tensor) -> Tuple[Tensor, ...]:
@@ -329,7 +332,7 @@ class PAA(DenseDetector):
         cls_norm = torch.maximum(pos, img).clamp(min=1.0 / world)
         return cls_norm, pos.clamp(min=1.0 / world), iou.clamp(min=1e-12 / world)
 
-    def losses(self, targets: PAATargets, predictions) -> dict:
+    def losses(self, targets: DenseTargets, predictions) -> dict:
         logits, deltas, iou_logits = self.flatten_predictions(predictions)
         n_img = logits.shape[0]
         pos, valid = targets.positive, targets.valid
@@ -385,7 +388,7 @@ class PAA(DenseDetector):
         }
 
     @staticmethod
-    def _log_stats(targets: PAATargets):
+    def _log_stats(targets: DenseTargets):
         try:
             storage = get_event_storage()
         except (AssertionError, IndexError):

@@ -17,8 +17,8 @@ logger = logging.getLogger(__name__)
 class CoLearningTeacher(DetectorTeacher):
     """A detector built from its own config (MODEL.DISTILL.TEACHER.CONFIG_FILE + OPTS) that
     trains with the student: it runs with gradient on the same batch, its own detection losses
-    (suffix ``_t``) are added every iteration, on the targets an assigner stored in its outputs
-    (``extras["label_anchors"]``, e.g. CoLAD's shared assignment) or else on its own. Its
+    (suffix ``_t``) are added every iteration, on the assigner's targets when it gives some
+    (``Assignment.targets``, e.g. CoLAD's shared assignment) or else on its own. Its
     parameters form their own param groups (lr x MODEL.DISTILL.TEACHER.LR_FACTOR); it is saved
     and resumed with the student (``teacher.detector.*``), evaluated with
     MODEL.DISTILL.TEACHER.EVAL or as the main network with MODEL.DISTILL.EVAL_NETWORK
@@ -50,6 +50,10 @@ class CoLearningTeacher(DetectorTeacher):
     def require_predictions(self, needed: bool):
         """Its head always runs: its own losses need the predictions."""
 
-    def losses(self, student_model, adapter, student, teacher):
+    def losses(self, student_model, adapter, student, teacher, assignment):
+        if assignment is not None and assignment.targets is not None:
+            teacher.targets = assignment.targets
+        else:
+            teacher.targets = self._adapter.targets(self.detector, teacher)
         out = self._adapter.task_losses(self.detector, teacher)
         return {f"{k}_t": v for k, v in out.items()}

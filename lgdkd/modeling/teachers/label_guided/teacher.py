@@ -223,7 +223,9 @@ class LabelGuidedTeacher(Teacher):
         return x
 
     # -- losses -----------------------------------------------------------------------------
-    def losses(self, student_model, adapter, student: DetectorOutputs, teacher: DetectorOutputs):
+    def losses(
+        self, student_model, adapter, student: DetectorOutputs, teacher: DetectorOutputs, assignment
+    ):
         """The student's detection loss on the teacher maps (keys suffixed ``_teacher``)."""
         with self._keep_loss_normalizer(student_model):
             losses = adapter.losses_on_features(student_model, student, teacher.features)
