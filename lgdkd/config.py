@@ -327,11 +327,11 @@ def _add_fcos_config(cfg):
     F.TOPK_CANDIDATES_TEST = 1000
     F.NMS_THRESH_TEST = 0.6
     # Official FCOS option set: the FCOS of LGD (megvii-research/LGD, cvpods'
-    # meta_arch/fcos.py) and of TF-HEAD (LutingWang/HEAD dev, MMDetection v2's FCOSHead). Each
+    # detectors/fcos.py) and of TF-HEAD (LutingWang/HEAD dev, MMDetection v2's FCOSHead). Each
     # default is detectron2's behaviour; the official value is in brackets. Everything else
     # (points at (i + 0.5) * stride, centre sampling 1.5, GIoU, centerness on the box tower,
     # ReLU'd stride-normalised box outputs, P3-P7 size ranges 0-64-128-256-512-inf) already
-    # matches. See lgdkd/modeling/meta_arch/fcos.py.
+    # matches. See lgdkd/modeling/detectors/fcos.py.
     # A learnable scalar per level (init 1) multiplies the box-regression output before the
     # ReLU and the stride multiplication; parameters head.scales.<level>.scale. [True]
     F.SCALE_PER_LEVEL = False
@@ -354,7 +354,7 @@ def _add_fcos_config(cfg):
 
 def _add_gfl_config(cfg):
     # ---------------------------------------------------------------------------------------
-    # GFocal V1/V2 (META_ARCHITECTURE "GFL", lgdkd/modeling/meta_arch/gfl.py). Defaults are the
+    # GFocal V1/V2 (META_ARCHITECTURE "GFL", lgdkd/modeling/detectors/gfl.py). Defaults are the
     # COCO settings of MMDetection's GFL configs, which the LD repository (HikariTJU/LD) uses.
     # ---------------------------------------------------------------------------------------
     G = cfg.MODEL.GFL = CN()
@@ -419,7 +419,7 @@ def _add_gfl_config(cfg):
 
 def _add_paa_config(cfg):
     # ---------------------------------------------------------------------------------------
-    # PAA (META_ARCHITECTURE "PAA", lgdkd/modeling/meta_arch/paa.py; Kim & Lee, ECCV 2020).
+    # PAA (META_ARCHITECTURE "PAA", lgdkd/modeling/detectors/paa.py; Kim & Lee, ECCV 2020).
     # Defaults are MMDetection's PAA configs, which LAD / SoLAD / CoLAD use.
     # ---------------------------------------------------------------------------------------
     P = cfg.MODEL.PAA = CN()

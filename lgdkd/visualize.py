@@ -47,11 +47,11 @@ from .modeling.assigners.colad import CoLADAssigner
 from .modeling.assigners.lad import LADAssigner
 from .modeling.distillers.head import HEADDistiller, TFHEADDistiller
 from .modeling.distillers.ld import LDDistiller
-from .modeling.meta_arch.adapters import DenseDetectorAdapter, build_adapter
-from .modeling.meta_arch.distillation import DistillationDetector
-from .modeling.meta_arch.gfl import GFL
-from .modeling.meta_arch.paa import PAA
-from .modeling.outputs import DenseTargets
+from .modeling.detectors.gfl import GFL
+from .modeling.detectors.paa import PAA
+from .modeling.distill.adapters import DenseDetectorAdapter, build_adapter
+from .modeling.distill.meta_arch import DistillationDetector
+from .modeling.matching.targets import DenseTargets
 from .modeling.teachers.label_guided import LabelGuidedTeacher
 
 __all__ = [

@@ -49,7 +49,7 @@ from lgdkd.config import get_cfg  # noqa: E402
 from lgdkd.data import apply_num_classes, register_datasets_from_cfg  # noqa: E402
 from lgdkd.engine import Trainer, load_config, setup  # noqa: E402
 from lgdkd.engine.checkpointer import load_initial_weights  # noqa: E402
-from lgdkd.modeling.meta_arch.distillation import build_student  # noqa: E402
+from lgdkd.modeling.distill.meta_arch import build_student  # noqa: E402
 from lgdkd.modeling.teachers.pretrained import build_teacher_config  # noqa: E402
 
 __all__ = ["SmokeRun", "StandIns", "calibrate_batch_norm", "run_config", "smoke_options"]

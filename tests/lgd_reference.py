@@ -12,7 +12,7 @@ by its size, context box [0, 0, Wi, Hi]; "image": each image's own size), one-ho
 import torch
 import torch.nn.functional as F
 
-from lgdkd.modeling.outputs import DetectorOutputs
+from lgdkd.modeling.distill.outputs import DetectorOutputs
 
 __all__ = ["reference_teacher"]
 

@@ -21,7 +21,7 @@ from lgdkd.export import export_student, student_config
 from lgdkd.modeling import DetectorOutputs, DistillSchedule
 from lgdkd.modeling.assigners import gt_box_masks, valid_region_masks
 from lgdkd.modeling.distillers import DISTILLER_REGISTRY, FeatureMimicDistiller
-from lgdkd.modeling.roles import Borrowed, Distiller
+from lgdkd.modeling.distill.roles import Borrowed, Distiller
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {
@@ -397,6 +397,6 @@ def test_roles_are_subclasses_and_borrowed_parts_stay_out_of_their_state(monkeyp
     with pytest.raises(
         TypeError,
         match=r"DISTILLERS: '_NotADistiller' .* not a subclass of "
-        r"lgdkd.modeling.roles.Distiller",
+        r"lgdkd.modeling.distill.roles.Distiller",
     ):
         build_model(cfg)

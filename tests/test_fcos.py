@@ -1,4 +1,4 @@
-"""FCOS built from yacs (lgdkd/modeling/meta_arch/fcos.py) against detectron2's LazyConfig FCOS.
+"""FCOS built from yacs (lgdkd/modeling/detectors/fcos.py) against detectron2's LazyConfig FCOS.
 
 * configs/Baselines/fcos_R_50_FPN_1x.yaml gives the same network (module types, parameter and
   buffer names and shapes, frozen stages, head initialisation, hyperparameters), the same solver
@@ -29,11 +29,11 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-import lgdkd.modeling.meta_arch.fcos as fcos_module  # registers FCOS and its backbone
+import lgdkd.modeling.detectors.fcos as fcos_module  # registers FCOS and its backbone
 from lgdkd.config import get_cfg
 from lgdkd.engine import Trainer, launch
 from lgdkd.modeling.distillers.head.teacher_free import _fcos_head_with_towers
-from lgdkd.modeling.meta_arch.adapters import build_adapter
+from lgdkd.modeling.distill.adapters import build_adapter
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAZY_CONFIG = os.path.join(

@@ -24,7 +24,7 @@ from lgdkd.modeling.distillers.head import (
     box_head_activations,
     retina_proposals,
 )
-from lgdkd.modeling.schedule import ramp_weight
+from lgdkd.modeling.distill.schedule import ramp_weight
 
 SMALL = {
     "MODEL.DISTILL.HEAD.ASSIST.FC_DIM": 64,

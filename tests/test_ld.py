@@ -11,7 +11,7 @@ import torch
 from conftest import REPO_ROOT, toy_batch
 
 import lgdkd.modeling  # noqa: F401
-from lgdkd.modeling.assigners.atss import (
+from lgdkd.modeling.matching.atss import (
     atss_assign,
     grid_anchors,
     pairwise_overlap,
@@ -200,7 +200,7 @@ def test_gfl_losses_equal_the_formulas(tiny_cfg):
     """QFL / GIoU / DFL of GFL.losses recomputed location by location from the definitions."""
     from detectron2.utils.events import EventStorage
 
-    from lgdkd.modeling.meta_arch.gfl import aligned_iou
+    from lgdkd.modeling.detectors.gfl import aligned_iou
 
     cfg = tiny_cfg("gfl")
     model = _gfl(cfg)

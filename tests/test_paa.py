@@ -14,7 +14,7 @@ from sklearn import mixture as sklearn_mixture  # a test requirement (requiremen
 
 import lgdkd.modeling  # noqa: F401
 from lgdkd.layers import fit_gmm_1d, focal_binary_kl, paa_score_voting
-from lgdkd.modeling.assigners.paa import (
+from lgdkd.modeling.matching.paa import (
     anchor_costs,
     gmm_split,
     paa_assign,
@@ -225,7 +225,7 @@ def _toy_image(gen, h=96, w=128, num=4):
 
 @pytest.mark.parametrize("rule", ["mmdet", "original"])
 def test_paa_assign_equals_the_per_box_loop(rule):
-    from lgdkd.modeling.assigners.atss import grid_anchors
+    from lgdkd.modeling.matching.atss import grid_anchors
 
     strides = [8, 16, 32]
     sizes = [(12, 16), (6, 8), (3, 4)]
@@ -263,7 +263,7 @@ def test_paa_losses_equal_the_formulas(tiny_cfg):
     from the recorded targets."""
     from fvcore.nn import giou_loss, sigmoid_focal_loss
 
-    from lgdkd.modeling.meta_arch.gfl import aligned_iou
+    from lgdkd.modeling.detectors.gfl import aligned_iou
 
     cfg = tiny_cfg("paa")
     model = _paa(cfg)

@@ -24,8 +24,8 @@ import lgdkd.modeling  # noqa: F401  (the RetinaNet normaliser over workers)
 from lgdkd.engine.launch import launch
 from lgdkd.engine.trainer import ModuleAttributes
 from lgdkd.export import is_stock_detectron2
-from lgdkd.modeling.meta_arch.paa import PAA
-from lgdkd.modeling.meta_arch.retinanet import ema_update_over_workers
+from lgdkd.modeling.detectors.paa import PAA
+from lgdkd.modeling.detectors.retinanet import ema_update_over_workers
 from lgdkd.utils.dist import count_over_workers
 
 

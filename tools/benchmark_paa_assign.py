@@ -62,7 +62,7 @@ def batches(cfg, size, count):
 @torch.no_grad()
 def pair_costs(model, batch):
     """(box ids, levels, costs) of the pre-assigned pairs of a batch, and the box count."""
-    from lgdkd.modeling.assigners.paa import (
+    from lgdkd.modeling.matching.paa import (
         anchor_costs,
         level_of_anchors,
         preassign,
@@ -103,7 +103,7 @@ def pair_costs(model, batch):
 
 
 def batched(box_ids, levels, costs, num_boxes, topk):
-    from lgdkd.modeling.assigners.paa import gmm_split, select_candidates
+    from lgdkd.modeling.matching.paa import gmm_split, select_candidates
 
     cand = select_candidates(box_ids, levels, costs, topk)
     final = torch.zeros_like(cand)
@@ -208,7 +208,7 @@ def main(argv=None):
         fail_full += f
         boxes += n
         pairs += costs.numel()
-        from lgdkd.modeling.assigners.paa import select_candidates
+        from lgdkd.modeling.matching.paa import select_candidates
 
         cands += int(select_candidates(box_ids, levels, costs, topk).sum())
         same_diag += same_sets(ours, diag, box_ids, n)

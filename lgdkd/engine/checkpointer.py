@@ -41,7 +41,7 @@ from ..checkpoint import (
     file_fingerprint,
     read_checkpoint_file,
 )
-from ..modeling.meta_arch.distillation import DistillationDetector
+from ..modeling.distill.meta_arch import DistillationDetector
 
 __all__ = [
     "RunCheckpointer",

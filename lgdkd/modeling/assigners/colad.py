@@ -19,12 +19,12 @@ t_std), and t_ratio, the fraction of groups that used N2's costs.
 
 import torch
 
-from ..meta_arch.paa import check_same_anchor_layout
-from ..outputs import Assignment, DetectorOutputs
-from ..roles import Assigner, Borrowed
-from .build import ASSIGNER_REGISTRY
+from ..detectors.paa import check_same_anchor_layout
+from ..distill.outputs import Assignment, DetectorOutputs
+from ..distill.registries import ASSIGNER_REGISTRY
+from ..distill.roles import Assigner, Borrowed
+from ..matching.paa import anchor_costs, paa_assign
 from .lad import positive_region_masks
-from .paa import anchor_costs, paa_assign
 
 __all__ = ["CoLADAssigner", "colad_choose_costs"]
 

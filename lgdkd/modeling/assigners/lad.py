@@ -12,10 +12,10 @@ build time. The teacher may be smaller than the student.
 
 import torch
 
-from ..meta_arch.paa import check_same_anchor_layout
-from ..outputs import Assignment, DetectorOutputs
-from ..roles import Assigner, Borrowed
-from .build import ASSIGNER_REGISTRY
+from ..detectors.paa import check_same_anchor_layout
+from ..distill.outputs import Assignment, DetectorOutputs
+from ..distill.registries import ASSIGNER_REGISTRY
+from ..distill.roles import Assigner, Borrowed
 
 __all__ = ["LADAssigner", "positive_region_masks"]
 
@@ -34,9 +34,10 @@ def positive_region_masks(positive: torch.Tensor, outputs: DetectorOutputs, num_
 class LADAssigner(Assigner):
     """The teacher's PAA assignment as the student's targets.
 
-    ``Assignment.targets``: the teacher's :class:`~lgdkd.modeling.outputs.DenseTargets`, which
-    the student's loss uses instead of its own assignment; ``region_masks``: the teacher's
-    positives per level (for distillers that want them)."""
+    ``Assignment.targets``: the teacher's
+    :class:`~lgdkd.modeling.matching.targets.DenseTargets`, which the student's loss uses
+    instead of its own assignment; ``region_masks``: the teacher's positives per level (for
+    distillers that want them)."""
 
     def __init__(self, cfg, *, student, teacher):
         super().__init__()

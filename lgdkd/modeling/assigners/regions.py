@@ -9,9 +9,9 @@ import torch
 from detectron2.structures import Instances
 from torch import Tensor
 
-from ..outputs import Assignment, DetectorOutputs
-from ..roles import Assigner
-from .build import ASSIGNER_REGISTRY
+from ..distill.outputs import Assignment, DetectorOutputs
+from ..distill.registries import ASSIGNER_REGISTRY
+from ..distill.roles import Assigner
 
 __all__ = ["gt_box_masks", "valid_region_masks", "GTBoxAssigner"]
 

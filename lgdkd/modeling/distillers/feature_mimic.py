@@ -9,9 +9,9 @@ from torch import nn
 
 from ...utils.dist import count_over_workers
 from ..assigners.regions import gt_box_masks, valid_region_masks
-from ..outputs import Assignment, DetectorOutputs
-from ..roles import Distiller
-from .build import DISTILLER_REGISTRY
+from ..distill.outputs import Assignment, DetectorOutputs
+from ..distill.registries import DISTILLER_REGISTRY
+from ..distill.roles import Distiller
 
 __all__ = ["FeatureMimicDistiller", "instance_norm", "copy_head_from_teacher"]
 

@@ -4,7 +4,7 @@ Detection", CVPR 2022, arXiv:2102.12252; official code HikariTJU/LD).
 A frozen GFocal teacher and a GFocal student see the same padded batch; since both have one
 anchor per location on the same levels, the teacher's output at location (image, level, y, x)
 is compared with the student's at the same location. Regions come from the student's own ATSS
-assignment (``student.targets``, :class:`lgdkd.modeling.outputs.DenseTargets`).
+assignment (``student.targets``, :class:`lgdkd.modeling.matching.targets.DenseTargets`).
 
 Shape shorthand: N images, R locations (all levels), P positives, V VLR locations,
 n = REG_MAX, K classes; l_e = KL over the n + 1 bins of box side e at temperature T, times T^2,
@@ -32,11 +32,12 @@ from torch import Tensor, nn
 
 from ...layers import class_kd_kl, localization_kl
 from ...utils.dist import count_over_workers, mean_over_workers
-from ..assigners.atss import vlr_region
-from ..meta_arch.gfl import GFL
-from ..outputs import DenseTargets, DetectorOutputs
-from ..roles import Distiller
-from .build import DISTILLER_REGISTRY
+from ..detectors.gfl import GFL
+from ..distill.outputs import DetectorOutputs
+from ..distill.registries import DISTILLER_REGISTRY
+from ..distill.roles import Distiller
+from ..matching.atss import vlr_region
+from ..matching.targets import DenseTargets
 
 __all__ = ["LDDistiller", "check_ld_teacher"]
 
@@ -192,7 +193,7 @@ class LDDistiller(Distiller):
         """LD's Valuable Localization Region of each image of the batch, from the student's ATSS
         ``targets`` (whose ``positive`` locations are the main region): (N, R) weight of every
         location, its IoU with the chosen box inside the region and 0 outside
-        (:func:`~lgdkd.modeling.assigners.atss.vlr_region` with VLR_ALPHA and VLR_METRIC)."""
+        (:func:`~lgdkd.modeling.matching.atss.vlr_region` with VLR_ALPHA and VLR_METRIC)."""
         return torch.stack(
             [
                 vlr_region(

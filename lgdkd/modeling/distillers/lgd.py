@@ -10,9 +10,9 @@ from torch import nn
 
 from ...utils.dist import count_over_workers
 from ..assigners.regions import valid_region_masks
-from ..outputs import DetectorOutputs
-from ..roles import Distiller
-from .build import DISTILLER_REGISTRY
+from ..distill.outputs import DetectorOutputs
+from ..distill.registries import DISTILLER_REGISTRY
+from ..distill.roles import Distiller
 from .feature_mimic import instance_norm
 
 __all__ = ["LGDDistiller"]

@@ -28,10 +28,10 @@ from torch import Tensor
 
 from ...layers import focal_binary_kl
 from ...utils.dist import count_over_workers
-from ..outputs import DetectorOutputs
-from ..meta_arch.paa import check_same_anchor_layout
-from ..roles import Borrowed, Distiller
-from .build import DISTILLER_REGISTRY
+from ..detectors.paa import check_same_anchor_layout
+from ..distill.outputs import DetectorOutputs
+from ..distill.registries import DISTILLER_REGISTRY
+from ..distill.roles import Borrowed, Distiller
 
 __all__ = ["SoftLabelDistiller"]
 

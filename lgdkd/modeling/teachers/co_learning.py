@@ -5,7 +5,7 @@ import logging
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ...checkpoint import load_strict
-from .build import TEACHER_REGISTRY
+from ..distill.registries import TEACHER_REGISTRY
 from .pretrained import DetectorTeacher
 
 __all__ = ["CoLearningTeacher"]

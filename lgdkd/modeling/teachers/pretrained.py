@@ -9,9 +9,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from ...checkpoint import load_strict
-from ..meta_arch.adapters import build_adapter, num_classes_of
-from ..roles import Teacher
-from .build import TEACHER_REGISTRY
+from ..distill.adapters import build_adapter, num_classes_of
+from ..distill.registries import TEACHER_REGISTRY
+from ..distill.roles import Teacher
 
 __all__ = [
     "DetectorTeacher",

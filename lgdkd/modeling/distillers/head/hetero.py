@@ -11,10 +11,10 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ...outputs import DetectorOutputs
-from ...schedule import ramp_weight
-from ...roles import Borrowed, Distiller
-from ..build import DISTILLER_REGISTRY
+from ...distill.outputs import DetectorOutputs
+from ...distill.registries import DISTILLER_REGISTRY
+from ...distill.roles import Borrowed, Distiller
+from ...distill.schedule import ramp_weight
 from .assistant import HEADAssistant, activation_shapes, box_head_activations, transfer_weights
 from .losses import Decouple, adapter_for, akd_loss, anchor_feature_loss
 from .proposals import retina_proposals

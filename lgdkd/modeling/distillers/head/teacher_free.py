@@ -9,10 +9,10 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ...meta_arch.fcos import FCOS, FCOSHead
-from ...outputs import DetectorOutputs
-from ...schedule import ramp_weight
-from ..build import DISTILLER_REGISTRY
+from ...detectors.fcos import FCOS, FCOSHead
+from ...distill.outputs import DetectorOutputs
+from ...distill.registries import DISTILLER_REGISTRY
+from ...distill.schedule import ramp_weight
 from .assistant import activation_shapes
 from .hetero import HEADBase
 from .losses import Decouple, anchor_feature_loss

@@ -48,7 +48,7 @@ class LGDOracleDetector(nn.Module):
         self._parts = [student, teacher]  # not sub-modules: no copy, no state
 
     def forward(self, batched_inputs):
-        from ...meta_arch.adapters import build_adapter
+        from ...distill.adapters import build_adapter
 
         student, teacher = self._parts
         if any("instances" not in x for x in batched_inputs):

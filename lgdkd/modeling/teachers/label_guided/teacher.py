@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
-from ...outputs import DetectorOutputs
-from ...roles import Teacher
-from ..build import TEACHER_REGISTRY
+from ...distill.outputs import DetectorOutputs
+from ...distill.registries import TEACHER_REGISTRY
+from ...distill.roles import Teacher
 from .encoder import LabelEncoder, layer_norm
 from .labels import box_cell_masks, instance_cell_masks, label_descriptors
 from .oracle import LGDOracleDetector
@@ -62,7 +62,7 @@ class LabelGuidedTeacher(Teacher):
 
     def __init__(self, cfg, *, student):
         super().__init__()
-        from ...meta_arch.adapters import num_classes_of
+        from ...distill.adapters import num_classes_of
 
         student_shape = student.backbone.output_shape()
         c = cfg.MODEL.DISTILL.LGD

@@ -24,7 +24,6 @@ Register new ones in ``STUDENT_ADAPTER_REGISTRY``; :func:`build_adapter` picks t
 from typing import Dict, List, Optional
 
 import torch
-
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.fcos import FCOS as D2FCOS
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
@@ -33,7 +32,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.registry import Registry
 from torch import Tensor
 
-from ..outputs import AssignsTargets, DenseTargets, DetectorOutputs
+from ..matching.targets import AssignsTargets, DenseTargets
+from .outputs import DetectorOutputs
 
 __all__ = [
     "STUDENT_ADAPTER_REGISTRY",
@@ -256,7 +256,7 @@ def build_adapter(model) -> StudentAdapter:
     raise TypeError(
         f"No student adapter supports {type(model).__name__}. Supported families: "
         f"{', '.join(c.__name__ for c in classes)}. Register one in STUDENT_ADAPTER_REGISTRY "
-        "(see lgdkd/modeling/meta_arch/adapters.py)."
+        "(see lgdkd/modeling/distill/adapters.py)."
     )
 
 

@@ -21,7 +21,7 @@ per location, level-major), G_i boxes in image i:
    positive ("mmdet") or every candidate ("original"). Costs that are all equal cannot crash
    the fit (centred float64 variances + REG_COVAR).
 
-:func:`paa_assign` chains them and returns :class:`~lgdkd.modeling.outputs.DenseTargets`.
+:func:`paa_assign` chains them and returns :class:`~lgdkd.modeling.matching.targets.DenseTargets`.
 """
 
 from typing import List
@@ -32,7 +32,7 @@ from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import Tensor
 
 from ...layers.gmm import fit_gmm_1d
-from ..outputs import DenseTargets
+from .targets import DenseTargets
 
 __all__ = [
     "preassign",

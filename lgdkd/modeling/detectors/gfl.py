@@ -18,7 +18,7 @@ square anchor each), K = MODEL.GFL.NUM_CLASSES, n = MODEL.GFL.REG_MAX (bins 0..n
 * Head outputs (``predictions`` of a DenseDetector): [class logits (N, K, H, W) per level,
   box-side logits (N, 4 (n+1), H, W) per level] and for V2 a third list, the quality I
   (N, 1, H, W). Distillers read the logits before any sigmoid.
-* Training: ATSS assignment (lgdkd.modeling.assigners.atss), Quality Focal Loss over every valid
+* Training: ATSS assignment (lgdkd.modeling.matching.atss), Quality Focal Loss over every valid
   location and class / N_pos, GIoU (or CIoU) and Distribution Focal Loss on positives weighted by
   the student's own detached max score and divided by the sum of those weights (averaged over
   workers), as in the spec of the LD repository's GFLHead.
@@ -50,8 +50,8 @@ from ...layers import (
     voting_cluster_diou_nms,
 )
 from ...utils.dist import count_over_workers
-from ..assigners.atss import atss_assign, grid_anchors, valid_anchor_mask
-from ..outputs import AssignsTargets, DenseTargets
+from ..matching.atss import atss_assign, grid_anchors, valid_anchor_mask
+from ..matching.targets import AssignsTargets, DenseTargets
 
 __all__ = ["GFL", "GFLHead", "aligned_iou"]
 
@@ -297,7 +297,7 @@ class GFL(AssignsTargets, DenseDetector):
     # ----------------------------------------------------------------------------- training
     @torch.no_grad()
     def label_anchors(self, features: List[Tensor], gt_instances: List[Instances]) -> DenseTargets:
-        """ATSS targets of the batch (see :class:`~lgdkd.modeling.outputs.DenseTargets`)."""
+        """ATSS targets of the batch (:class:`~lgdkd.modeling.matching.DenseTargets`)."""
         anchors, centers, strides, counts = self.anchors(features)
         sizes = [tuple(f.shape[-2:]) for f in features]
         div = self.backbone.size_divisibility

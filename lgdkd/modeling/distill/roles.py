@@ -1,6 +1,6 @@
 """The three roles a distillation step plugs in, as base classes with their defaults.
 
-One training iteration of :class:`~lgdkd.modeling.meta_arch.distillation.DistillationDetector`
+One training iteration of :class:`~lgdkd.modeling.distill.meta_arch.DistillationDetector`
 runs the student, then ``Teacher.forward``, ``Assigner.forward``, the student's task losses,
 ``Teacher.losses`` and every ``Distiller.forward``. Each role is registered in its registry
 (``TEACHER_REGISTRY``, ``ASSIGNER_REGISTRY``, ``DISTILLER_REGISTRY``) and built once, with what

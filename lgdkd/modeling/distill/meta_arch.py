@@ -11,12 +11,9 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ...checkpoint import load_strict
-from ..assigners.build import build_assigner
-from ..distillers.build import build_distillers
-from ..registry_utils import get_from_registry
-from ..schedule import DistillSchedule
-from ..teachers.build import build_teacher
 from .adapters import build_adapter, num_classes_of
+from .registries import build_assigner, build_distillers, build_teacher, get_from_registry
+from .schedule import DistillSchedule
 
 __all__ = ["DistillationDetector", "build_student"]
 

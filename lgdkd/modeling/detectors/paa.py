@@ -14,7 +14,7 @@ Shape shorthand: N images, R anchors (one per location, level-major), K = MODEL.
 * Anchors: one square anchor of side ANCHOR_SCALE x stride per location, centred at
   (x * stride, y * stride); deltas are XYWH with weights BBOX_REG_WEIGHTS, dw/dh clamped to
   +-log(1000 / 16); anchors on batch padding are invalid (no loss).
-* Training: :func:`lgdkd.modeling.assigners.paa.paa_assign` on the network's own detached
+* Training: :func:`lgdkd.modeling.matching.paa.paa_assign` on the network's own detached
   predictions (or the targets an assigner such as LAD supplies), then focal loss over the valid
   anchors / max(positives, images), GIoU loss on positives (weighted by each positive's IoU
   target and divided by their sum; plain mean when BOX_LOSS_IOU_WEIGHTED is False, LAD's
@@ -45,9 +45,9 @@ from torch import Tensor, nn
 
 from ...layers import paa_score_voting
 from ...utils.dist import mean_over_workers
-from ..assigners.atss import grid_anchors, valid_anchor_mask
-from ..assigners.paa import paa_assign
-from ..outputs import AssignsTargets, DenseTargets
+from ..matching.atss import grid_anchors, valid_anchor_mask
+from ..matching.paa import paa_assign
+from ..matching.targets import AssignsTargets, DenseTargets
 from .gfl import (
     Scale,
     aligned_iou,
