@@ -3,6 +3,9 @@ a detector (it reads the ground truth, so its AP is an upper bound, not a result
 
 from torch import nn
 
+from ...distill.adapters import build_adapter
+from ...distill.roles import Borrowed
+
 __all__ = ["LGDOracleDetector"]
 
 
@@ -45,12 +48,10 @@ class LGDOracleDetector(nn.Module):
 
     def __init__(self, student, teacher: nn.Module):
         super().__init__()
-        self._parts = [student, teacher]  # not sub-modules: no copy, no state
+        self.parts = Borrowed(student=student, teacher=teacher)  # no copy, no state
 
     def forward(self, batched_inputs):
-        from ...distill.adapters import build_adapter
-
-        student, teacher = self._parts
+        student, teacher = self.parts.student, self.parts.teacher
         if any("instances" not in x for x in batched_inputs):
             raise ValueError(
                 "The LGD teacher is evaluated from ground truth: the test loader must keep the "

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
+from ...distill.adapters import num_classes_of
 from ...distill.outputs import DetectorOutputs
 from ...distill.registries import TEACHER_REGISTRY
 from ...distill.roles import Teacher
@@ -62,8 +63,6 @@ class LabelGuidedTeacher(Teacher):
 
     def __init__(self, cfg, *, student):
         super().__init__()
-        from ...distill.adapters import num_classes_of
-
         student_shape = student.backbone.output_shape()
         c = cfg.MODEL.DISTILL.LGD
         channels = {s.channels for s in student_shape.values()}
