@@ -7,13 +7,55 @@ detectron2 config. Only ``from_config`` classmethods and the engine read these k
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 
-__all__ = ["add_lgdkd_config", "check_config", "get_cfg"]
+__all__ = ["add_lgdkd_config", "check_config", "distill_config", "get_cfg"]
+
+# MODEL.DISTILL.<NAME> -> the function that fills that node with its defaults
+_DISTILL_NODES = {}
+
+
+def distill_config(name: str):
+    """Decorator: ``fn(node)`` fills ``MODEL.DISTILL.<name>`` with a role's keys and defaults.
+
+    A role written in its own file declares its keys there, next to its code::
+
+        @distill_config("MY_METHOD")
+        def _defaults(node):
+            node.TAU = 1.0        # a comment for each key, as in this file
+
+    Every config made afterwards by :func:`get_cfg` / :func:`add_lgdkd_config` has the node;
+    the role's module must be imported first (``import lgdkd.modeling`` imports every role of
+    lgdkd's packages, as train_net.py does). A name that this file or another role already
+    uses is refused."""
+
+    def register(fn):
+        known = _DISTILL_NODES.get(name)
+        reloaded = known is not None and (known.__module__, known.__qualname__) == (
+            fn.__module__,
+            fn.__qualname__,
+        )
+        built_in = name in _add_built_in_config(_d2_get_cfg()).MODEL.DISTILL
+        if built_in or (known is not None and not reloaded):
+            raise ValueError(f"MODEL.DISTILL.{name} is already defined; choose another name.")
+        _DISTILL_NODES[name] = fn
+        return fn
+
+    return register
 
 
 def add_lgdkd_config(cfg):
-    """Add lgdkd's keys to ``cfg`` in place (idempotent). Returns ``cfg``."""
-    if "DISTILL" in cfg.MODEL:
-        return cfg
+    """Add lgdkd's keys to ``cfg`` in place (idempotent: nodes declared with
+    :func:`distill_config` since the last call are added to a config that has the rest).
+    Returns ``cfg``."""
+    if "DISTILL" not in cfg.MODEL:
+        _add_built_in_config(cfg)
+    for name, fn in _DISTILL_NODES.items():
+        if name not in cfg.MODEL.DISTILL:
+            cfg.MODEL.DISTILL[name] = CN()
+            fn(cfg.MODEL.DISTILL[name])
+    return cfg
+
+
+def _add_built_in_config(cfg):
     _add_distill_config(cfg)
     _add_fcos_config(cfg)
     _add_gfl_config(cfg)

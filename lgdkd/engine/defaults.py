@@ -84,6 +84,11 @@ def _unknown_key_error(cfg, exc, source):
     key = match.group(1)
     close = _closest_keys(cfg, key)
     hint = f"Closest valid keys: {', '.join(close)}." if close else "No similar key exists."
+    if key.startswith("MODEL.DISTILL.") and not close:
+        hint += (
+            " A role declares its MODEL.DISTILL node in its own module (lgdkd.config."
+            "distill_config): import that module before the config is made."
+        )
     return ConfigKeyError(
         f"{source}: unknown config key {key!r}. {hint} Every key and its meaning is listed in "
         "detectron2/config/defaults.py and lgdkd/config.py."
