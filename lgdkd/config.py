@@ -4,6 +4,8 @@ Use :func:`get_cfg` (detectron2's defaults + these) or call :func:`add_lgdkd_con
 detectron2 config. Only ``from_config`` classmethods and the engine read these keys.
 """
 
+import importlib
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 
@@ -22,10 +24,10 @@ def distill_config(name: str):
         def _defaults(node):
             node.TAU = 1.0        # a comment for each key, as in this file
 
-    Every config made afterwards by :func:`get_cfg` / :func:`add_lgdkd_config` has the node;
-    the role's module must be imported first (``import lgdkd.modeling`` imports every role of
-    lgdkd's packages, as train_net.py does). A name that this file or another role already
-    uses is refused."""
+    Every config made afterwards by :func:`get_cfg` / :func:`add_lgdkd_config` has the node
+    (they import ``lgdkd.modeling``, which imports every module of the role packages; a role
+    defined elsewhere must be imported before the config is made). A name that this file or
+    another role already uses is refused."""
 
     def register(fn):
         known = _DISTILL_NODES.get(name)
@@ -48,6 +50,9 @@ def add_lgdkd_config(cfg):
     Returns ``cfg``."""
     if "DISTILL" not in cfg.MODEL:
         _add_built_in_config(cfg)
+    # the roles declare their nodes when their modules are imported; lgdkd.modeling imports
+    # every role of lgdkd (by name: the modeling layer imports this module, not the reverse)
+    importlib.import_module("lgdkd.modeling")
     for name, fn in _DISTILL_NODES.items():
         if name not in cfg.MODEL.DISTILL:
             cfg.MODEL.DISTILL[name] = CN()

@@ -45,12 +45,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .modeling.assigners.colad import CoLADAssigner
 from .modeling.assigners.lad import LADAssigner
-from .modeling.distillers.head import HEADDistiller, TFHEADDistiller
-from .modeling.distillers.ld import LDDistiller
 from .modeling.detectors.gfl import GFL
 from .modeling.detectors.paa import PAA
 from .modeling.distill.adapters import DenseDetectorAdapter, build_adapter
 from .modeling.distill.meta_arch import DistillationDetector
+from .modeling.distillers.head import HEADDistiller, TFHEADDistiller
+from .modeling.distillers.ld import LDDistiller
 from .modeling.matching.targets import DenseTargets
 from .modeling.teachers.label_guided import LabelGuidedTeacher
 

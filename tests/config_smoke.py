@@ -38,13 +38,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-import lgdkd.modeling  # noqa: E402,F401
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES  # noqa: E402
 from detectron2.data.datasets.pascal_voc import register_pascal_voc  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.modeling.backbone.resnet import build_resnet_backbone  # noqa: E402
 
+import lgdkd.modeling  # noqa: E402,F401
 from lgdkd.config import get_cfg  # noqa: E402
 from lgdkd.data import apply_num_classes, register_datasets_from_cfg  # noqa: E402
 from lgdkd.engine import Trainer, load_config, setup  # noqa: E402

@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-
 from config_smoke import StandIns, run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,8 +20,8 @@ from lgdkd.data.toy import register_builtin_toy
 from lgdkd.export import export_student, student_config
 from lgdkd.modeling import DetectorOutputs, DistillSchedule
 from lgdkd.modeling.assigners import gt_box_masks, valid_region_masks
-from lgdkd.modeling.distillers import DISTILLER_REGISTRY, FeatureMimicDistiller
 from lgdkd.modeling.distill.roles import Borrowed, Distiller
+from lgdkd.modeling.distillers import DISTILLER_REGISTRY, FeatureMimicDistiller
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {

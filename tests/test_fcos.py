@@ -32,8 +32,8 @@ from detectron2.utils.events import EventStorage
 import lgdkd.modeling.detectors.fcos as fcos_module  # registers FCOS and its backbone
 from lgdkd.config import get_cfg
 from lgdkd.engine import Trainer, launch
-from lgdkd.modeling.distillers.head.teacher_free import _fcos_head_with_towers
 from lgdkd.modeling.distill.adapters import build_adapter
+from lgdkd.modeling.distillers.head.teacher_free import _fcos_head_with_towers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAZY_CONFIG = os.path.join(

@@ -17,6 +17,7 @@ from test_distillation import ROOT, quick_cfg, save_teacher, toy_batch, toy_data
 
 import lgdkd.modeling  # noqa: F401
 from lgdkd.export import export_student
+from lgdkd.modeling.distill.schedule import ramp_weight
 from lgdkd.modeling.distillers.head import (
     HEADDistiller,
     akd_loss,
@@ -24,7 +25,6 @@ from lgdkd.modeling.distillers.head import (
     box_head_activations,
     retina_proposals,
 )
-from lgdkd.modeling.distill.schedule import ramp_weight
 
 SMALL = {
     "MODEL.DISTILL.HEAD.ASSIST.FC_DIM": 64,

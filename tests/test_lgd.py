@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
+from lgd_reference import reference_teacher
 
 import lgdkd.modeling  # noqa: F401
 from lgdkd.config import get_cfg
@@ -20,7 +21,6 @@ from lgdkd.data.toy import register_builtin_toy
 from lgdkd.export import export_student
 from lgdkd.modeling import DetectorOutputs
 from lgdkd.modeling.teachers.label_guided import box_cell_masks, label_descriptors
-from lgd_reference import reference_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {

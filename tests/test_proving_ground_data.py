@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from proving_ground_fakes import make_backgrounds as _make_backgrounds
+from proving_ground_fakes import make_items as _make_items
 
 import lgdkd.data.fashion_mnist as fm
 import lgdkd.data.proving_ground as pg
@@ -28,8 +30,6 @@ from lgdkd.data.composite import (
     resize_u8,
     tight_box,
 )
-from proving_ground_fakes import make_backgrounds as _make_backgrounds
-from proving_ground_fakes import make_items as _make_items
 
 OPTIONS = ProvingGroundOptions(
     sizes=(6, 3, 4), seed=3, image_size=64, objects=(2, 4), scale=(8, 24)

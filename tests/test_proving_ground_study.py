@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import proving_ground as pg  # noqa: E402
 import seed_runs  # noqa: E402
+
 from lgdkd.checkpoint import file_fingerprint  # noqa: E402
 from lgdkd.engine import load_config  # noqa: E402
 

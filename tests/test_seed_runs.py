@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import seed_runs  # noqa: E402
+
 from lgdkd.evaluation import gates, stats  # noqa: E402
 
 

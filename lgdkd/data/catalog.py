@@ -18,8 +18,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from .deepforest import check_deepforest_available, register_deepforest
-from .generated import default_datasets_root
 from .deepforest_dev import register as register_deepforest_dev
+from .generated import default_datasets_root
 from .toy import register_builtin_toy
 
 __all__ = [

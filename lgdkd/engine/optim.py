@@ -14,8 +14,10 @@ import torch
 
 # detectron2 v0.6 builds its clipping optimizers with this generator (per-parameter or global
 # clipper); its own clippers are the ones that fail on parameters without a gradient
-from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
-from detectron2.solver.build import get_default_optimizer_params
+from detectron2.solver.build import (
+    _generate_optimizer_class_with_gradient_clipping,
+    get_default_optimizer_params,
+)
 from detectron2.utils.events import get_event_storage
 
 __all__ = [

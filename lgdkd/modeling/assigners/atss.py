@@ -3,6 +3,7 @@
 from typing import Dict, List
 
 import torch
+from detectron2.config import configurable
 from torch import Tensor
 
 from ..distill.outputs import Assignment, DetectorOutputs
@@ -23,10 +24,17 @@ class ATSSAssigner(Assigner):
 
     needs_teacher_predictions = False
 
-    def __init__(self, cfg, *, student=None, teacher=None):
+    @configurable
+    def __init__(self, *, topk: int = 9, anchor_scale: float = 8.0):
+        """topk: candidates per level (MODEL.ATSS.TOPK); anchor_scale: the square anchor's side
+        in strides (MODEL.ATSS.ANCHOR_SCALE)."""
         super().__init__()
-        self.topk = cfg.MODEL.ATSS.TOPK
-        self.scale = cfg.MODEL.ATSS.ANCHOR_SCALE
+        self.topk = topk
+        self.scale = anchor_scale
+
+    @classmethod
+    def from_config(cls, cfg, *, student=None, teacher=None):
+        return {"topk": cfg.MODEL.ATSS.TOPK, "anchor_scale": cfg.MODEL.ATSS.ANCHOR_SCALE}
 
     @torch.no_grad()
     def forward(self, student: DetectorOutputs, teacher=None) -> Assignment:

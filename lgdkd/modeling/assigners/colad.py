@@ -18,6 +18,7 @@ t_std), and t_ratio, the fraction of groups that used N2's costs.
 """
 
 import torch
+from detectron2.config import configurable
 
 from ..detectors.paa import check_same_anchor_layout
 from ..distill.outputs import Assignment, DetectorOutputs
@@ -80,8 +81,23 @@ class CoLADAssigner(Assigner):
     layout, checked at build time). ``targets``: the shared DenseTargets;
     ``extras["colad"]``: the statistics above."""
 
-    def __init__(self, cfg, *, student, teacher):
+    @configurable
+    def __init__(self, *, student_parts: Borrowed, teacher_parts: Borrowed):
+        """
+        Args:
+            student_parts: the student PAA's ``anchors``, ``valid_mask``,
+                ``flatten_predictions``, ``decode``, ``num_classes`` and ``assign_kwargs``
+                (both networks' costs are computed on its anchor layout).
+            teacher_parts: the co-learned network's ``flatten_predictions`` and ``decode``.
+        """
         super().__init__()
+        self.student_parts = student_parts
+        self.teacher_parts = teacher_parts
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """Refuses a teacher that is not trained with the student or whose anchor layout
+        differs from the student's."""
         if teacher is None or not teacher.trainable or teacher.detector is None:
             raise ValueError(
                 "MODEL.DISTILL.ASSIGNER.NAME 'CoLADAssigner' needs a second network trained "
@@ -89,19 +105,20 @@ class CoLADAssigner(Assigner):
                 "CONFIG_FILE (a PAA config)."
             )
         check_same_anchor_layout(student, teacher.detector, what="co-learned network")
-        # the PAA parts both networks' costs are computed with (one anchor layout, checked)
-        self.student_parts = Borrowed(
-            anchors=student.anchors,
-            valid_mask=student.valid_mask,
-            flatten_predictions=student.flatten_predictions,
-            decode=student.decode,
-            num_classes=student.num_classes,
-            assign_kwargs=student.assign_kwargs,
-        )
-        self.teacher_parts = Borrowed(
-            flatten_predictions=teacher.detector.flatten_predictions,
-            decode=teacher.detector.decode,
-        )
+        return {
+            "student_parts": Borrowed(
+                anchors=student.anchors,
+                valid_mask=student.valid_mask,
+                flatten_predictions=student.flatten_predictions,
+                decode=student.decode,
+                num_classes=student.num_classes,
+                assign_kwargs=student.assign_kwargs,
+            ),
+            "teacher_parts": Borrowed(
+                flatten_predictions=teacher.detector.flatten_predictions,
+                decode=teacher.detector.decode,
+            ),
+        }
 
     @torch.no_grad()
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs) -> Assignment:

@@ -11,6 +11,7 @@ build time. The teacher may be smaller than the student.
 """
 
 import torch
+from detectron2.config import configurable
 
 from ..detectors.paa import check_same_anchor_layout
 from ..distill.outputs import Assignment, DetectorOutputs
@@ -39,8 +40,16 @@ class LADAssigner(Assigner):
     instead of its own assignment; ``region_masks``: the teacher's positives per level (for
     distillers that want them)."""
 
-    def __init__(self, cfg, *, student, teacher):
+    @configurable
+    def __init__(self, *, label_anchors):
+        """label_anchors: the teacher PAA's ``label_anchors`` (its assignment)."""
         super().__init__()
+        self.teacher_parts = Borrowed(label_anchors=label_anchors)
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """The teacher's PAA assignment; refuses a missing teacher or one whose anchor layout
+        differs from the student's."""
         if teacher is None or teacher.detector is None:
             raise ValueError(
                 "MODEL.DISTILL.ASSIGNER.NAME 'LADAssigner' needs a teacher: set "
@@ -48,7 +57,7 @@ class LADAssigner(Assigner):
                 "WEIGHTS of a trained PAA detector."
             )
         check_same_anchor_layout(student, teacher.detector)
-        self.teacher_parts = Borrowed(label_anchors=teacher.detector.label_anchors)
+        return {"label_anchors": teacher.detector.label_anchors}
 
     @torch.no_grad()
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs) -> Assignment:

@@ -6,6 +6,7 @@ Shape shorthand: N images, B = most boxes in one image of the batch, H x W one l
 from typing import Dict, List
 
 import torch
+from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor
 
@@ -72,8 +73,13 @@ class GTBoxAssigner(Assigner):
 
     needs_teacher_predictions = False
 
-    def __init__(self, cfg=None, *, student=None, teacher=None):
+    @configurable
+    def __init__(self):
         super().__init__()
+
+    @classmethod
+    def from_config(cls, cfg, *, student=None, teacher=None):
+        return {}
 
     @torch.no_grad()
     def forward(self, student: DetectorOutputs, teacher=None) -> Assignment:

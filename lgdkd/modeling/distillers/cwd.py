@@ -13,8 +13,12 @@ checks. It edits nothing else (lgdkd.modeling imports every module of this packa
 Shape shorthand: N images, C channels, H x W one level.
 """
 
+from typing import Dict, List, Tuple
+
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...config import distill_config
@@ -87,8 +91,40 @@ class ChannelWiseDistiller(Distiller):
     needs_teacher_predictions = False
     loss_names = ("loss_distill_cwd",)
 
-    def __init__(self, cfg, *, student, teacher):
+    @configurable
+    def __init__(
+        self,
+        *,
+        pairs: List[Tuple[str, str]],
+        student_shapes: Dict[str, ShapeSpec],
+        teacher_shapes: Dict[str, ShapeSpec],
+        tau: float = 1.0,
+        loss_weight: float = 5.0,
+    ):
+        """
+        Args:
+            pairs: (student feature, teacher feature) per level compared.
+            student_shapes, teacher_shapes: the two sides' feature shapes (channels, stride).
+            tau: temperature of the spatial softmax. loss_weight: weight of each level.
+        """
         super().__init__()
+        self.pairs = list(pairs)
+        self.strides = {s: student_shapes[s].stride for s, _ in self.pairs}
+        self.align = nn.ModuleDict()
+        for s, t in self.pairs:
+            c_s, c_t = student_shapes[s].channels, teacher_shapes[t].channels
+            if c_s != c_t:
+                conv = nn.Conv2d(c_s, c_t, kernel_size=1)
+                nn.init.kaiming_uniform_(conv.weight, a=1)
+                nn.init.zeros_(conv.bias)
+                self.align[s] = conv
+        self.tau = float(tau)
+        self.loss_weight = float(loss_weight)
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """The feature shapes of both models; refuses levels either side lacks or whose strides
+        differ, and a temperature <= 0."""
         c = cfg.MODEL.DISTILL.CWD
         s_shape, t_shape = student.backbone.output_shape(), teacher.output_shape()
         names = list(c.IN_FEATURES)
@@ -118,17 +154,13 @@ class ChannelWiseDistiller(Distiller):
                 )
         if not c.TAU > 0:
             raise ValueError(f"MODEL.DISTILL.CWD.TAU must be > 0, got {c.TAU}.")
-        self.pairs = list(zip(names, t_names))
-        self.strides = {s: s_shape[s].stride for s in names}
-        self.align = nn.ModuleDict()
-        for s, t in self.pairs:
-            if s_shape[s].channels != t_shape[t].channels:
-                conv = nn.Conv2d(s_shape[s].channels, t_shape[t].channels, kernel_size=1)
-                nn.init.kaiming_uniform_(conv.weight, a=1)
-                nn.init.zeros_(conv.bias)
-                self.align[s] = conv
-        self.tau = float(c.TAU)
-        self.loss_weight = float(c.LOSS_WEIGHT)
+        return {
+            "pairs": list(zip(names, t_names)),
+            "student_shapes": dict(s_shape),
+            "teacher_shapes": dict(t_shape),
+            "tau": c.TAU,
+            "loss_weight": c.LOSS_WEIGHT,
+        }
 
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs, assignment=None):
         feats = {s: student.features[s] for s, _ in self.pairs}

@@ -3,8 +3,10 @@
 Shape shorthand: N images, C_s / C_t student / teacher channels, H x W one level.
 """
 
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.dist import count_over_workers
@@ -91,10 +93,47 @@ class FeatureMimicDistiller(Distiller):
     loss_names = ("loss_distill_feature_mimic",)
     needs_teacher_predictions = False
 
-    def __init__(self, cfg, *, student, teacher):
-        """With HEAD_INIT_FROM_TEACHER, the teacher's dense head is copied into the student's
-        here (the student's initialisation, before training)."""
+    @configurable
+    def __init__(
+        self,
+        *,
+        pairs: List[Tuple[str, str]],
+        student_shapes: Dict[str, ShapeSpec],
+        teacher_shapes: Dict[str, ShapeSpec],
+        adapter: str = "conv1x1",
+        mask: str = "all",
+        norm: str = "none",
+        loss_weight: float = 1.0,
+    ):
+        """
+        Args:
+            pairs: (student feature, teacher feature) per level compared.
+            student_shapes, teacher_shapes: the two sides' feature shapes (channels, stride).
+            adapter: "conv1x1", "conv3x3" or "identity". mask: one of "all", "gt_boxes",
+                "assigner". norm: "none" or "instance". loss_weight: the loss's weight.
+        """
         super().__init__()
+        if mask not in _MASKS:
+            raise ValueError(f"MODEL.DISTILL.FEATURE_MIMIC.MASK = {mask!r}; valid: {_MASKS}")
+        if norm not in ("none", "instance"):
+            raise ValueError(f"MODEL.DISTILL.FEATURE_MIMIC.NORM = {norm!r}; valid: none, instance")
+        self.pairs = list(pairs)
+        self.strides = {s: student_shapes[s].stride for s, _ in self.pairs}
+        self.adapters = nn.ModuleDict(
+            {
+                s: _adapter(adapter, student_shapes[s].channels, teacher_shapes[t].channels)
+                for s, t in self.pairs
+            }
+        )
+        self.mask = mask
+        self.norm = norm
+        self.loss_weight = loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """The feature shapes of both models; refuses levels either side lacks or whose strides
+        differ. With HEAD_INIT_FROM_TEACHER, the teacher's dense head is copied into the
+        student's here (the student's initialisation, before training)."""
         student_shape, teacher_shape = student.backbone.output_shape(), teacher.output_shape()
         c = cfg.MODEL.DISTILL.FEATURE_MIMIC
         names = list(c.IN_FEATURES) or [k for k in student_shape if k in teacher_shape]
@@ -127,25 +166,17 @@ class FeatureMimicDistiller(Distiller):
                     f"{student_shape[s].stride} but teacher feature {t!r} has stride "
                     f"{teacher_shape[t].stride}; the maps cannot be compared."
                 )
-        if c.MASK not in _MASKS:
-            raise ValueError(f"MODEL.DISTILL.FEATURE_MIMIC.MASK = {c.MASK!r}; valid: {_MASKS}")
-        if c.NORM not in ("none", "instance"):
-            raise ValueError(
-                f"MODEL.DISTILL.FEATURE_MIMIC.NORM = {c.NORM!r}; valid: none, instance"
-            )
-        self.pairs = list(zip(names, t_names))
-        self.strides = {s: student_shape[s].stride for s in names}
-        self.adapters = nn.ModuleDict(
-            {
-                s: _adapter(c.ADAPTER, student_shape[s].channels, teacher_shape[t].channels)
-                for s, t in self.pairs
-            }
-        )
-        self.mask = c.MASK
-        self.norm = c.NORM
-        self.loss_weight = c.LOSS_WEIGHT
         if c.HEAD_INIT_FROM_TEACHER:
             copy_head_from_teacher(student, teacher.detector)
+        return {
+            "pairs": list(zip(names, t_names)),
+            "student_shapes": dict(student_shape),
+            "teacher_shapes": dict(teacher_shape),
+            "adapter": c.ADAPTER,
+            "mask": c.MASK,
+            "norm": c.NORM,
+            "loss_weight": c.LOSS_WEIGHT,
+        }
 
     def _masks(self, student: DetectorOutputs, assignment: Optional[Assignment]):
         feats = {s: student.features[s] for s, _ in self.pairs}

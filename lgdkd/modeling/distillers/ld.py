@@ -28,6 +28,7 @@ per-GPU sums. KD counts are averaged over workers except in "legacy". See lgdkd/
 from typing import Dict, List
 
 import torch
+from detectron2.config import configurable
 from torch import Tensor, nn
 
 from ...layers import class_kd_kl, localization_kl
@@ -86,36 +87,65 @@ class LDDistiller(Distiller):
     needs_teacher = True
     needs_teacher_predictions = True
 
-    def __init__(self, cfg, *, student, teacher):
+    @configurable
+    def __init__(
+        self,
+        *,
+        reg_max: int,
+        num_classes: int,
+        dgqp: bool = False,
+        loss_weight: float = 0.25,
+        temperature: float = 10.0,
+        vlr_weight: float = 0.25,
+        vlr_temperature: float = 10.0,
+        vlr_alpha: float = 0.25,
+        vlr_metric: str = "legacy_iof_diou",
+        kd_weight: float = 10.0,
+        kd_temperature: float = 2.0,
+        kd_vlr_weight: float = 0.0,
+        kd_activation: str = "softmax",
+        norm: str = "per_image",
+        reference_images: int = 3,
+        bin_reduction: str = "mean",
+    ):
+        """
+        Args:
+            reg_max, num_classes, dgqp: the student's GFL head (the teacher's must match).
+            The rest: MODEL.DISTILL.LD's keys of the same names (lower case; loss_weight and
+            temperature are Main LD's LOSS_WEIGHT and TEMPERATURE), see lgdkd/config.py.
+        """
         super().__init__()
-        c = cfg.MODEL.DISTILL.LD
-        if c.NORM not in _NORMS:
-            raise ValueError(f"MODEL.DISTILL.LD.NORM = {c.NORM!r}; valid: {', '.join(_NORMS)}")
-        if c.BIN_REDUCTION not in ("mean", "sum"):
+        if norm not in _NORMS:
+            raise ValueError(f"MODEL.DISTILL.LD.NORM = {norm!r}; valid: {', '.join(_NORMS)}")
+        if bin_reduction not in ("mean", "sum"):
             raise ValueError(
-                f"MODEL.DISTILL.LD.BIN_REDUCTION = {c.BIN_REDUCTION!r}; valid: mean, sum"
+                f"MODEL.DISTILL.LD.BIN_REDUCTION = {bin_reduction!r}; valid: mean, sum"
             )
-        if c.VLR_METRIC not in ("legacy_iof_diou", "diou", "iou"):
+        if vlr_metric not in ("legacy_iof_diou", "diou", "iou"):
             raise ValueError(
-                f"MODEL.DISTILL.LD.VLR_METRIC = {c.VLR_METRIC!r}; valid: legacy_iof_diou, diou, iou"
+                f"MODEL.DISTILL.LD.VLR_METRIC = {vlr_metric!r}; valid: legacy_iof_diou, diou, iou"
             )
-        for key in ("TEMPERATURE", "VLR_TEMPERATURE", "KD_TEMPERATURE"):
-            if getattr(c, key) <= 0:
-                raise ValueError(f"MODEL.DISTILL.LD.{key} must be > 0, got {getattr(c, key)}")
-        if c.REFERENCE_IMAGES < 1:
+        for key, value in (
+            ("TEMPERATURE", temperature),
+            ("VLR_TEMPERATURE", vlr_temperature),
+            ("KD_TEMPERATURE", kd_temperature),
+        ):
+            if value <= 0:
+                raise ValueError(f"MODEL.DISTILL.LD.{key} must be > 0, got {value}")
+        if reference_images < 1:
             raise ValueError(
-                f"MODEL.DISTILL.LD.REFERENCE_IMAGES must be >= 1, got {c.REFERENCE_IMAGES}"
+                f"MODEL.DISTILL.LD.REFERENCE_IMAGES must be >= 1, got {reference_images}"
             )
-        self.w_ld, self.t_ld = c.LOSS_WEIGHT, c.TEMPERATURE
-        self.w_vlr, self.t_vlr = c.VLR_WEIGHT, c.VLR_TEMPERATURE
-        self.alpha, self.metric = c.VLR_ALPHA, c.VLR_METRIC
-        self.w_kd, self.t_kd, self.w_kd_vlr = c.KD_WEIGHT, c.KD_TEMPERATURE, c.KD_VLR_WEIGHT
-        self.norm, self.ref_images, self.bins = c.NORM, c.REFERENCE_IMAGES, c.BIN_REDUCTION
-        if c.KD_ACTIVATION not in ("softmax", "sigmoid"):
+        self.w_ld, self.t_ld = loss_weight, temperature
+        self.w_vlr, self.t_vlr = vlr_weight, vlr_temperature
+        self.alpha, self.metric = vlr_alpha, vlr_metric
+        self.w_kd, self.t_kd, self.w_kd_vlr = kd_weight, kd_temperature, kd_vlr_weight
+        self.norm, self.ref_images, self.bins = norm, reference_images, bin_reduction
+        if kd_activation not in ("softmax", "sigmoid"):
             raise ValueError(
-                f"MODEL.DISTILL.LD.KD_ACTIVATION = {c.KD_ACTIVATION!r}; valid: softmax, sigmoid"
+                f"MODEL.DISTILL.LD.KD_ACTIVATION = {kd_activation!r}; valid: softmax, sigmoid"
             )
-        self.kd_activation = c.KD_ACTIVATION
+        self.kd_activation = kd_activation
         names = []
         for name, w in (
             ("loss_distill_ld", self.w_ld),
@@ -130,9 +160,8 @@ class LDDistiller(Distiller):
                 "MODEL.DISTILL.LD: every loss weight is 0, LDDistiller would do nothing."
             )
         self.loss_names = tuple(names)
-        check_ld_teacher(student, teacher.detector, teacher.config_file)
-        self.reg_max = student.reg_max
-        self.num_classes = student.num_classes
+        self.reg_max = reg_max
+        self.num_classes = num_classes
         if self.num_classes == 1 and self.kd_activation == "softmax":
             for key, weight in (("KD_WEIGHT", self.w_kd), ("KD_VLR_WEIGHT", self.w_kd_vlr)):
                 if weight:
@@ -142,7 +171,32 @@ class LDDistiller(Distiller):
                         "image. Set MODEL.DISTILL.LD.KD_ACTIVATION 'sigmoid' (binary KL per "
                         f"class) or MODEL.DISTILL.LD.{key} 0."
                     )
-        self.dgqp = student.dgqp
+        self.dgqp = dgqp
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """MODEL.DISTILL.LD and the student's head sizes; refuses a teacher whose levels,
+        strides, REG_MAX or classes differ from the student's (:func:`check_ld_teacher`)."""
+        check_ld_teacher(student, teacher.detector, teacher.config_file)
+        c = cfg.MODEL.DISTILL.LD
+        return {
+            "reg_max": student.reg_max,
+            "num_classes": student.num_classes,
+            "dgqp": student.dgqp,
+            "loss_weight": c.LOSS_WEIGHT,
+            "temperature": c.TEMPERATURE,
+            "vlr_weight": c.VLR_WEIGHT,
+            "vlr_temperature": c.VLR_TEMPERATURE,
+            "vlr_alpha": c.VLR_ALPHA,
+            "vlr_metric": c.VLR_METRIC,
+            "kd_weight": c.KD_WEIGHT,
+            "kd_temperature": c.KD_TEMPERATURE,
+            "kd_vlr_weight": c.KD_VLR_WEIGHT,
+            "kd_activation": c.KD_ACTIVATION,
+            "norm": c.NORM,
+            "reference_images": c.REFERENCE_IMAGES,
+            "bin_reduction": c.BIN_REDUCTION,
+        }
 
     # ------------------------------------------------------------------------------ helpers
     def _flatten(self, predictions: List[List[Tensor]], n: int):

@@ -6,6 +6,9 @@ Zhang et al., AAAI 2022 (arXiv 2109.11496), official code megvii-research/LGD
 Shape shorthand: N images, C FPN channels, H_l x W_l level l.
 """
 
+from typing import Dict, List
+
+from detectron2.config import configurable
 from torch import nn
 
 from ...utils.dist import count_over_workers
@@ -41,8 +44,41 @@ class LGDDistiller(Distiller):
     trains_when_off = True
     loss_names = ("loss_distill_lgd",)
 
-    def __init__(self, cfg, *, student, teacher):
+    @configurable
+    def __init__(
+        self,
+        *,
+        levels: List[str],
+        strides: Dict[str, int],
+        channels: int,
+        loss_region: str = "all",
+        loss_weight: float = 1.0,
+    ):
+        """
+        Args:
+            levels: the feature levels compared; strides: their strides; channels: the one
+                width of every level on both sides (the adapter is shared over the levels).
+            loss_region: "all" or "valid"; loss_weight: the loss's weight.
+        """
         super().__init__()
+        if loss_region not in ("all", "valid"):
+            raise ValueError(f"MODEL.DISTILL.LGD.LOSS_REGION = {loss_region!r}; valid: all, valid")
+        C = channels
+        self.levels = list(levels)
+        self.strides = dict(strides)
+        self.adapter = nn.Sequential(
+            nn.Conv2d(C, C, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(C, C, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(C, C, 3, padding=1),
+        )
+        self.region = loss_region
+        self.loss_weight = loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """The levels both models have; refuses levels of different widths or strides."""
         student_shape, teacher_shape = student.backbone.output_shape(), teacher.output_shape()
         c = cfg.MODEL.DISTILL.LGD
         levels = sorted(k for k in student_shape if k in teacher_shape)
@@ -66,22 +102,13 @@ class LGDDistiller(Distiller):
                     f"LGDDistiller: level {k!r} has stride {student_shape[k].stride} in the "
                     f"student but {teacher_shape[k].stride} in the teacher."
                 )
-        if c.LOSS_REGION not in ("all", "valid"):
-            raise ValueError(
-                f"MODEL.DISTILL.LGD.LOSS_REGION = {c.LOSS_REGION!r}; valid: all, valid"
-            )
-        C = widths.pop()
-        self.levels = levels
-        self.strides = {k: student_shape[k].stride for k in levels}
-        self.adapter = nn.Sequential(
-            nn.Conv2d(C, C, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(C, C, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(C, C, 3, padding=1),
-        )
-        self.region = c.LOSS_REGION
-        self.loss_weight = c.LOSS_WEIGHT
+        return {
+            "levels": levels,
+            "strides": {k: student_shape[k].stride for k in levels},
+            "channels": widths.pop(),
+            "loss_region": c.LOSS_REGION,
+            "loss_weight": c.LOSS_WEIGHT,
+        }
 
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs, assignment=None):
         if self.region == "valid":

@@ -22,6 +22,7 @@ Pure Soft-Label runs (no ground-truth loss) set MODEL.DISTILL.TASK_LOSS_WEIGHT 0
 from typing import Dict
 
 import torch
+from detectron2.config import configurable
 from detectron2.structures import Boxes, pairwise_iou
 from fvcore.nn import giou_loss
 from torch import Tensor
@@ -43,19 +44,52 @@ class SoftLabelDistiller(Distiller):
 
     loss_names = ("loss_distill_soft_cls", "loss_distill_soft_iou", "loss_distill_soft_box")
 
-    def __init__(self, cfg, *, student, teacher):
+    @configurable
+    def __init__(
+        self,
+        *,
+        anchors,
+        valid_mask,
+        flatten_predictions,
+        decode,
+        gamma: float = 0.5,
+        min_iou: float = 0.1,
+        cls_weight: float = 10.0,
+        iou_weight: float = 10.0,
+        box_weight: float = 1.3,
+    ):
+        """
+        Args:
+            anchors, valid_mask, flatten_predictions, decode: the student's PAA methods of the
+                same names (the teacher's outputs share its layout).
+            The rest: MODEL.DISTILL.SOFT_LABEL's keys of the same names (lower case).
+        """
         super().__init__()
-        c = cfg.MODEL.DISTILL.SOFT_LABEL
-        self.gamma, self.min_iou = c.GAMMA, c.MIN_IOU
-        self.cls_weight, self.iou_weight, self.box_weight = c.CLS_WEIGHT, c.IOU_WEIGHT, c.BOX_WEIGHT
-        check_same_anchor_layout(student, teacher.detector)
-        # the student's PAA parts; the teacher's outputs share its layout (checked above)
+        self.gamma, self.min_iou = gamma, min_iou
+        self.cls_weight, self.iou_weight, self.box_weight = cls_weight, iou_weight, box_weight
         self.student_parts = Borrowed(
-            anchors=student.anchors,
-            valid_mask=student.valid_mask,
-            flatten_predictions=student.flatten_predictions,
-            decode=student.decode,
+            anchors=anchors,
+            valid_mask=valid_mask,
+            flatten_predictions=flatten_predictions,
+            decode=decode,
         )
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """The student's PAA parts; refuses a teacher with another anchor layout."""
+        check_same_anchor_layout(student, teacher.detector)
+        c = cfg.MODEL.DISTILL.SOFT_LABEL
+        return {
+            "anchors": student.anchors,
+            "valid_mask": student.valid_mask,
+            "flatten_predictions": student.flatten_predictions,
+            "decode": student.decode,
+            "gamma": c.GAMMA,
+            "min_iou": c.MIN_IOU,
+            "cls_weight": c.CLS_WEIGHT,
+            "iou_weight": c.IOU_WEIGHT,
+            "box_weight": c.BOX_WEIGHT,
+        }
 
     def forward(self, student: DetectorOutputs, teacher: DetectorOutputs, assignment=None):
         model = self.student_parts

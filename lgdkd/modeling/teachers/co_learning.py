@@ -3,10 +3,11 @@
 import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import configurable
 
 from ...checkpoint import load_strict
 from ..distill.registries import TEACHER_REGISTRY
-from .pretrained import DetectorTeacher
+from .pretrained import DetectorTeacher, build_teacher_config
 
 __all__ = ["CoLearningTeacher"]
 
@@ -32,9 +33,27 @@ class CoLearningTeacher(DetectorTeacher):
 
     trainable = True
 
-    def __init__(self, cfg, *, student=None):
-        super().__init__(cfg, student=student)
-        weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
+    @configurable
+    def __init__(
+        self,
+        *,
+        detector,
+        weights: str = "",
+        initial_weights: str = "",
+        reverse_channels: bool = False,
+        config_file: str = "",
+    ):
+        """
+        Args:
+            detector: the second network.
+            weights: a trained detector's checkpoint, loaded strictly ("" for none);
+            initial_weights: else, weights loaded as detectron2 loads MODEL.WEIGHTS ("" for
+                none: the detector keeps its initialisation).
+            reverse_channels, config_file: as in :class:`DetectorTeacher`.
+        """
+        super().__init__(
+            detector=detector, reverse_channels=reverse_channels, config_file=config_file
+        )
         if weights:
             load_strict(
                 self.detector,
@@ -43,9 +62,20 @@ class CoLearningTeacher(DetectorTeacher):
                 strip_prefix="student.",
             )
             logger.info(f"Co-learned network initialised from {weights}")
-        elif self.teacher_cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.detector).load(self.teacher_cfg.MODEL.WEIGHTS)
-            logger.info(f"Co-learned network initialised from {self.teacher_cfg.MODEL.WEIGHTS}")
+        elif initial_weights:
+            DetectionCheckpointer(self.detector).load(initial_weights)
+            logger.info(f"Co-learned network initialised from {initial_weights}")
+
+    @classmethod
+    def from_config(cls, cfg, *, student=None):
+        """The detector of MODEL.DISTILL.TEACHER.CONFIG_FILE (+ OPTS), TEACHER.WEIGHTS and the
+        teacher config's own MODEL.WEIGHTS."""
+        tcfg = build_teacher_config(cfg)
+        return dict(
+            cls._detector_args(cfg, tcfg),
+            weights=cfg.MODEL.DISTILL.TEACHER.WEIGHTS,
+            initial_weights=tcfg.MODEL.WEIGHTS,
+        )
 
     def require_predictions(self, needed: bool):
         """Its head always runs: its own losses need the predictions."""

@@ -2,13 +2,17 @@
 shared part of the co-learned one (:mod:`.co_learning`)."""
 
 import logging
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from ...checkpoint import load_strict
+from ...config import check_config, get_cfg
+from ...data import apply_num_classes, register_datasets_from_cfg
 from ..distill.adapters import build_adapter, num_classes_of
 from ..distill.registries import TEACHER_REGISTRY
 from ..distill.roles import Teacher
@@ -31,9 +35,6 @@ def build_teacher_config(cfg):
     config (a teacher-assistant chain) describes its student: that student is the teacher.
     Class counts follow the teacher's own training data, as they did when it was trained.
     """
-    from ...config import check_config, get_cfg
-    from ...data import apply_num_classes, register_datasets_from_cfg
-
     t = cfg.MODEL.DISTILL.TEACHER
     if not t.CONFIG_FILE:
         raise ValueError(
@@ -64,16 +65,35 @@ class DetectorTeacher(Teacher):
         detector: the teacher detector (a stock detectron2/lgdkd model).
     """
 
-    def __init__(self, cfg, *, student=None):
+    @configurable
+    def __init__(self, *, detector, reverse_channels: bool = False, config_file: str = ""):
+        """
+        Args:
+            detector: the teacher detector.
+            reverse_channels: whether it needs the student's images with the channels
+                reversed (RGB <-> BGR, :func:`channels_reversed`).
+            config_file: the config it was built from, named in errors.
+        """
         super().__init__()
-        tcfg = build_teacher_config(cfg)
-        self.detector = build_model(tcfg)
+        self.detector = detector
         self._adapter = build_adapter(self.detector)
         self.num_classes = num_classes_of(self.detector)
-        self._reverse_channels = channels_reversed(cfg, tcfg)
+        self._reverse_channels = reverse_channels
         self._with_head = True
-        self.config_file = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
-        self.teacher_cfg = tcfg
+        self.config_file = config_file
+
+    @classmethod
+    def from_config(cls, cfg, *, student=None):
+        return cls._detector_args(cfg, build_teacher_config(cfg))
+
+    @staticmethod
+    def _detector_args(cfg, tcfg) -> dict:
+        """The detector of the teacher config ``tcfg`` and how it reads the student's images."""
+        return {
+            "detector": build_model(tcfg),
+            "reverse_channels": channels_reversed(cfg, tcfg),
+            "config_file": cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE,
+        }
 
     def output_shape(self):
         return self.detector.backbone.output_shape()
@@ -98,19 +118,41 @@ class PretrainedTeacher(DetectorTeacher):
     of the optimizer (``requires_grad`` False), out of the run's checkpoints (reloaded from
     ``weights_file``, fingerprinted) and out of the exported student."""
 
-    def __init__(self, cfg, *, student=None):
-        super().__init__(cfg, student=student)
-        weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
-        load_strict(
-            self.detector,
-            weights,
-            what="teacher weights (MODEL.DISTILL.TEACHER.WEIGHTS)",
-            strip_prefix="student.",
+    @configurable
+    def __init__(
+        self,
+        *,
+        detector,
+        weights: Optional[str] = None,
+        reverse_channels: bool = False,
+        config_file: str = "",
+    ):
+        """
+        Args:
+            detector: the teacher detector; weights: its checkpoint, loaded strictly (None: the
+                detector's weights are used as they are).
+            reverse_channels, config_file: as in :class:`DetectorTeacher`.
+        """
+        super().__init__(
+            detector=detector, reverse_channels=reverse_channels, config_file=config_file
         )
-        logger.info(f"Teacher {type(self.detector).__name__} loaded from {weights}")
-        self.weights_file = weights
+        if weights is not None:
+            load_strict(
+                self.detector,
+                weights,
+                what="teacher weights (MODEL.DISTILL.TEACHER.WEIGHTS)",
+                strip_prefix="student.",
+            )
+            logger.info(f"Teacher {type(self.detector).__name__} loaded from {weights}")
+        self.weights_file = weights or ""
         self.detector.requires_grad_(False)
         self.detector.eval()
+
+    @classmethod
+    def from_config(cls, cfg, *, student=None):
+        """The detector of MODEL.DISTILL.TEACHER.CONFIG_FILE (+ OPTS) and its WEIGHTS."""
+        args = cls._detector_args(cfg, build_teacher_config(cfg))
+        return dict(args, weights=cfg.MODEL.DISTILL.TEACHER.WEIGHTS)
 
     def train(self, mode: bool = True):
         """Stays in eval mode whatever the caller asks (BN statistics, dropout, proposals)."""

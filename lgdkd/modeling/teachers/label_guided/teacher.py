@@ -29,6 +29,7 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
@@ -61,61 +62,99 @@ class LabelGuidedTeacher(Teacher):
 
     trainable = True
 
-    def __init__(self, cfg, *, student):
+    @configurable
+    def __init__(
+        self,
+        *,
+        feature_shapes: Dict[str, ShapeSpec],
+        num_classes: int,
+        interact_pattern: str = "stuGuided",
+        num_heads: int = 8,
+        detach_appearance: bool = False,
+        add_context_box: bool = False,
+        category_format: str = "one_hot",
+        box_normalization: str = "padded",
+        load_labelmap: bool = False,
+        paint_overlap: str = "sum",
+        teacher_updates_loss_normalizer: bool = False,
+    ):
+        """
+        Args:
+            feature_shapes: the student's FPN levels (one width); num_classes: its classes.
+            The rest: MODEL.DISTILL.LGD's keys of the same names (lower case).
+        """
         super().__init__()
-        student_shape = student.backbone.output_shape()
-        c = cfg.MODEL.DISTILL.LGD
-        channels = {s.channels for s in student_shape.values()}
+        channels = {s.channels for s in feature_shapes.values()}
         if len(channels) != 1:
             raise ValueError(
                 "LabelGuidedTeacher needs student features of one width (an FPN), got "
-                f"{ {k: v.channels for k, v in student_shape.items()} }."
+                f"{ {k: v.channels for k, v in feature_shapes.items()} }."
             )
         self.channels = channels.pop()
-        self.num_classes = num_classes_of(student)
-        if self.num_classes <= 0:
+        self.num_classes = num_classes
+        if interact_pattern not in _PATTERNS:
             raise ValueError(
-                f"LabelGuidedTeacher: cannot tell how many classes {type(student).__name__} "
-                "predicts (no num_classes attribute)."
+                f"MODEL.DISTILL.LGD.INTERACT_PATTERN = {interact_pattern!r}; valid: {_PATTERNS}"
             )
-        if c.INTERACT_PATTERN not in _PATTERNS:
+        if self.channels % num_heads:
             raise ValueError(
-                f"MODEL.DISTILL.LGD.INTERACT_PATTERN = {c.INTERACT_PATTERN!r}; valid: {_PATTERNS}"
-            )
-        if self.channels % c.NUM_HEADS:
-            raise ValueError(
-                f"MODEL.DISTILL.LGD.NUM_HEADS ({c.NUM_HEADS}) must divide the FPN width "
+                f"MODEL.DISTILL.LGD.NUM_HEADS ({num_heads}) must divide the FPN width "
                 f"({self.channels})."
             )
-        if c.PAINT_OVERLAP not in ("sum", "mean"):
+        if paint_overlap not in ("sum", "mean"):
             raise ValueError(
-                f"MODEL.DISTILL.LGD.PAINT_OVERLAP = {c.PAINT_OVERLAP!r}; valid: sum, mean"
+                f"MODEL.DISTILL.LGD.PAINT_OVERLAP = {paint_overlap!r}; valid: sum, mean"
             )
-        if c.LOAD_LABELMAP and not cfg.MODEL.MASK_ON:
-            raise ValueError(
-                "MODEL.DISTILL.LGD.LOAD_LABELMAP needs instance masks: set MODEL.MASK_ON True "
-                "(a Mask R-CNN student)."
-            )
-        self._shape = dict(student_shape)
-        self.pattern = c.INTERACT_PATTERN
-        self.context_box = c.ADD_CONTEXT_BOX
-        self.detach_appearance = c.DETACH_APPEARANCE
-        self.category_format = c.CATEGORY_FORMAT
-        self.normalize_by = c.BOX_NORMALIZATION
-        self.use_label_map = c.LOAD_LABELMAP
-        self.paint_overlap = c.PAINT_OVERLAP
-        self.update_normalizer = c.TEACHER_UPDATES_LOSS_NORMALIZER
+        self._shape = dict(feature_shapes)
+        self.pattern = interact_pattern
+        self.context_box = add_context_box
+        self.detach_appearance = detach_appearance
+        self.category_format = category_format
+        self.normalize_by = box_normalization
+        self.use_label_map = load_labelmap
+        self.paint_overlap = paint_overlap
+        self.update_normalizer = teacher_updates_loss_normalizer
         code = self.num_classes if self.category_format == "one_hot" else 1
         desc_dim = 4 + code + (49 if self.use_label_map else 0)
         C = self.channels
         self.label_encoder = LabelEncoder(desc_dim, C)
         self.canoni_proj_1D = nn.Linear(C, C)  # + LayerNorm (no affine) + ReLU
         self.student_proj_2D = nn.Conv2d(C, C, 3, padding=1)  # + GN(1) (no affine) + ReLU
-        self.attention = nn.MultiheadAttention(C, c.NUM_HEADS, batch_first=True)
+        self.attention = nn.MultiheadAttention(C, num_heads, batch_first=True)
         self.local_inst_proj_1D = nn.Linear(C, C)
         self.global_ctx_proj_1D = nn.Linear(C, C) if self.context_box else None
         self.local_inst_proj_2D = nn.Conv2d(C, C, 3, padding=1)
         self.refinement = nn.ModuleList(nn.Conv2d(C, C, 3, padding=1) for _ in range(3))
+
+    @classmethod
+    def from_config(cls, cfg, *, student):
+        """The student's feature shapes and classes; refuses a student whose classes cannot be
+        told and LOAD_LABELMAP without instance masks."""
+        num_classes = num_classes_of(student)
+        if num_classes <= 0:
+            raise ValueError(
+                f"LabelGuidedTeacher: cannot tell how many classes {type(student).__name__} "
+                "predicts (no num_classes attribute)."
+            )
+        c = cfg.MODEL.DISTILL.LGD
+        if c.LOAD_LABELMAP and not cfg.MODEL.MASK_ON:
+            raise ValueError(
+                "MODEL.DISTILL.LGD.LOAD_LABELMAP needs instance masks: set MODEL.MASK_ON True "
+                "(a Mask R-CNN student)."
+            )
+        return {
+            "feature_shapes": dict(student.backbone.output_shape()),
+            "num_classes": num_classes,
+            "interact_pattern": c.INTERACT_PATTERN,
+            "num_heads": c.NUM_HEADS,
+            "detach_appearance": c.DETACH_APPEARANCE,
+            "add_context_box": c.ADD_CONTEXT_BOX,
+            "category_format": c.CATEGORY_FORMAT,
+            "box_normalization": c.BOX_NORMALIZATION,
+            "load_labelmap": c.LOAD_LABELMAP,
+            "paint_overlap": c.PAINT_OVERLAP,
+            "teacher_updates_loss_normalizer": c.TEACHER_UPDATES_LOSS_NORMALIZER,
+        }
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return dict(self._shape)
