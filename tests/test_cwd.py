@@ -113,6 +113,19 @@ def test_distiller_sums_weighted_levels_and_is_batch_invariant():
         teacher=_ShapesOnly(_outputs(t, sizes).feature_shapes),
     )
     assert sorted(d.align) == ["p3", "p4"]  # 4 -> 8 channels: 1x1 convs, as in the official code
+    # the same distiller from plain arguments (detectron2's @configurable)
+    plain = ChannelWiseDistiller(
+        pairs=[("p3", "p3"), ("p4", "p4")],
+        student_shapes=student.feature_shapes,
+        teacher_shapes=_outputs(t, sizes).feature_shapes,
+        tau=2.0,
+        loss_weight=3.0,
+    )
+    plain.load_state_dict(d.state_dict())
+    assert torch.equal(
+        plain(student, _outputs(t, sizes))["loss_distill_cwd"],
+        d(student, _outputs(t, sizes))["loss_distill_cwd"],
+    )
     loss = d(student, _outputs(t, sizes))["loss_distill_cwd"]
     ref = 3.0 * sum(_reference(d.align[k](s[k]), t[k], 2.0) / (2 * 8) for k in s)
     assert torch.allclose(loss, ref, rtol=1e-5)
