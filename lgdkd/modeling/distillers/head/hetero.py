@@ -5,6 +5,7 @@ proposals, sampling and losses."""
 from typing import Dict, List, Optional
 
 import torch
+from detectron2.config import configurable
 from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.structures import Instances
@@ -42,32 +43,70 @@ class HEADBase(Distiller):
     needs_teacher = False
     needs_teacher_predictions = False
 
-    def __init__(self, cfg, *, student):
+    @configurable
+    def __init__(
+        self,
+        *,
+        assistant: HEADAssistant,
+        assistant_channels: int,
+        num_classes: int,
+        anchor_generator,
+        box2box_transform,
+        tower_channels: int,
+        num_anchors: int,
+        proposal: Dict[str, float],
+    ):
+        """
+        Args:
+            assistant: the RoI assistant (:meth:`HEADAssistant.build`); assistant_channels: the
+                width of the student levels it pools from.
+            num_classes: the student's classes.
+            anchor_generator, box2box_transform: the student RetinaNet's (its proposals).
+            tower_channels: the width of the student's cls tower; num_anchors: its anchors per
+                location.
+            proposal: :func:`retina_proposals`' options (pre_nms_topk, post_nms_topk,
+                nms_thresh, min_size).
+        """
         super().__init__()
+        self.num_classes = num_classes
+        self.assistant = assistant
+        self.assistant_channels = assistant_channels
+        self.tower_channels = tower_channels
+        self.num_anchors = num_anchors
+        self.proposal_cfg = dict(proposal)
+        self.student_parts = Borrowed(
+            anchor_generator=anchor_generator, box2box_transform=box2box_transform
+        )
+
+    @classmethod
+    def _base_args(cls, cfg, student) -> dict:
+        """HEADBase's arguments: refuses a student that is not detectron2's RetinaNet and builds
+        the assistant on its levels."""
         h = cfg.MODEL.DISTILL.HEAD
         if cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE != "RetinaNet":
             raise ValueError(
-                f"{type(self).__name__} needs MODEL.DISTILL.STUDENT_META_ARCHITECTURE "
+                f"{cls.__name__} needs MODEL.DISTILL.STUDENT_META_ARCHITECTURE "
                 f"'RetinaNet', got {cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE!r}."
             )
         _check_retinanet(student)
         student_shape = student.backbone.output_shape()
-        self.num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
-        self.assistant = HEADAssistant.build(cfg, student_shape, self.num_classes)
-        self.assistant_channels = student_shape[h.ASSIST.IN_FEATURES[0]].channels
+        num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
         p = h.PROPOSAL
-        self.proposal_cfg = dict(
-            pre_nms_topk=p.PRE_NMS_TOPK_PER_LEVEL,
-            post_nms_topk=p.POST_NMS_TOPK,
-            nms_thresh=p.NMS_THRESH,
-            min_size=p.MIN_SIZE,
-        )
-        self.student_parts = Borrowed(
-            anchor_generator=student.anchor_generator, box2box_transform=student.box2box_transform
-        )
-
-    def _tower_channels(self, cfg, student_shape) -> int:
-        return student_shape[cfg.MODEL.RETINANET.IN_FEATURES[0]].channels
+        return {
+            "assistant": HEADAssistant.build(cfg, student_shape, num_classes),
+            "assistant_channels": student_shape[h.ASSIST.IN_FEATURES[0]].channels,
+            "num_classes": num_classes,
+            "anchor_generator": student.anchor_generator,
+            "box2box_transform": student.box2box_transform,
+            "tower_channels": student_shape[cfg.MODEL.RETINANET.IN_FEATURES[0]].channels,
+            "num_anchors": student.anchor_generator.num_cell_anchors[0],
+            "proposal": {
+                "pre_nms_topk": p.PRE_NMS_TOPK_PER_LEVEL,
+                "post_nms_topk": p.POST_NMS_TOPK,
+                "nms_thresh": p.NMS_THRESH,
+                "min_size": p.MIN_SIZE,
+            },
+        }
 
     def proposals(self, student: DetectorOutputs) -> List[Instances]:
         """The assistant's proposals: :func:`retina_proposals` from the student's (detached)
@@ -129,67 +168,57 @@ class HEADDistiller(HEADBase):
         "loss_distill_ckd",
     )
 
-    def __init__(self, cfg, *, student, teacher):
-        super().__init__(cfg, student=student)
-        student_shape = student.backbone.output_shape()
-        h = cfg.MODEL.DISTILL.HEAD
-        self.akd_weight, self.akd_warmup = h.AKD.WEIGHT, h.AKD.WARMUP_ITERS
-        self.ckd_weight, self.ckd_warmup = h.CKD.WEIGHT, h.CKD.WARMUP_ITERS
-        self.ckd_stop = h.CKD.EARLY_STOP_ITER
-        self.assist_warmup = h.ASSIST.LOSS_WARMUP_ITERS
-        self.init_from_teacher = h.ASSIST.INIT_FROM_TEACHER
-        self.layers = list(h.AKD.LAYERS)
-        self.uses_teacher = self.akd_weight > 0 or self.ckd_weight > 0
-        if (self.uses_teacher or self.init_from_teacher) and teacher is None:
-            raise ValueError(
-                "HEADDistiller: AKD/CKD (MODEL.DISTILL.HEAD.AKD.WEIGHT / CKD.WEIGHT > 0) and "
-                "ASSIST.INIT_FROM_TEACHER need a Faster R-CNN teacher (MODEL.DISTILL.TEACHER."
-                "NAME 'PretrainedTeacher'); for 'Assist only' set both weights to 0 and "
-                "INIT_FROM_TEACHER False."
-            )
+    @configurable
+    def __init__(
+        self,
+        *,
+        layers: List[str],
+        akd_weight: float = 2.0,
+        akd_warmup: int = 2000,
+        ckd_weight: float = 2.0,
+        ckd_warmup: int = 2000,
+        ckd_stop: int = -1,
+        ckd_adapter: str = "linear",
+        assist_warmup: int = 0,
+        teacher_parts: Optional[Borrowed] = None,
+        activation_dims: Optional[Dict[str, Dict[str, tuple]]] = None,
+        **base,
+    ):
+        """
+        Args:
+            layers: the box-head layers AKD compares (MODEL.DISTILL.HEAD.AKD.LAYERS; CKD the
+                last one).
+            akd_weight ... assist_warmup: MODEL.DISTILL.HEAD's AKD.WEIGHT, AKD.WARMUP_ITERS,
+                CKD.WEIGHT, CKD.WARMUP_ITERS, CKD.EARLY_STOP_ITER, CKD.ADAPTER and
+                ASSIST.LOSS_WARMUP_ITERS.
+            teacher_parts: the Faster R-CNN teacher's ``box_pooler``, ``box_head`` and
+                ``box_in_features`` (None: Assist only, no teacher).
+            activation_dims: {"student": {layer: shape}, "teacher": {layer: shape}}, the
+                activation shapes of the assistant's and the teacher's box heads (with a
+                teacher), which size the adapters.
+            base: :class:`HEADBase`'s arguments.
+        """
+        super().__init__(**base)
+        self.akd_weight, self.akd_warmup = akd_weight, akd_warmup
+        self.ckd_weight, self.ckd_warmup = ckd_weight, ckd_warmup
+        self.ckd_stop = ckd_stop
+        self.assist_warmup = assist_warmup
+        self.layers = list(layers)
         if not self.layers:
             raise ValueError("MODEL.DISTILL.HEAD.AKD.LAYERS is empty.")
-        if h.CKD.ADAPTER not in ("linear", "decouple"):
+        if ckd_adapter not in ("linear", "decouple"):
             raise ValueError(
-                f"MODEL.DISTILL.HEAD.CKD.ADAPTER = {h.CKD.ADAPTER!r}; valid: linear, decouple"
+                f"MODEL.DISTILL.HEAD.CKD.ADAPTER = {ckd_adapter!r}; valid: linear, decouple"
             )
-        self.ckd_adapter_kind = h.CKD.ADAPTER
-        self.tower_channels = self._tower_channels(cfg, student_shape)
-        self.num_anchors = student.anchor_generator.num_cell_anchors[0]
+        self.ckd_adapter_kind = ckd_adapter
         # adapters sized by the teacher's box head
         self.akd_adapters = nn.ModuleDict()
         self.ckd_adapter = None
-        if teacher is None:
+        if teacher_parts is None:
             return
-        detector = teacher.detector
-        roi_heads = getattr(detector, "roi_heads", None)
-        if not isinstance(getattr(roi_heads, "box_head", None), FastRCNNConvFCHead):
-            raise TypeError(
-                "HEAD's teacher must be a Faster R-CNN (GeneralizedRCNN with StandardROIHeads "
-                f"and a FastRCNNConvFCHead box head), got {type(detector).__name__}; check "
-                "MODEL.DISTILL.TEACHER.CONFIG_FILE."
-            )
         # AKD runs the teacher's own pooler and box head on the student's sampled RoIs
-        self.teacher_parts = Borrowed(
-            box_pooler=roi_heads.box_pooler,
-            box_head=roi_heads.box_head,
-            box_in_features=list(roi_heads.box_in_features),
-        )
-        if self.init_from_teacher:
-            transfer_weights(self.assistant, roi_heads)
-        # activation shapes: one dry run of both box heads on one zero RoI feature
-        t_shape = teacher.output_shape()[roi_heads.box_in_features[0]]
-        a_res = self.assistant.box_pooler.output_size
-        dims = {
-            "student": activation_shapes(
-                self.assistant.box_head, (self.assistant_channels, *a_res), self.layers
-            ),
-            "teacher": activation_shapes(
-                roi_heads.box_head,
-                (t_shape.channels, *roi_heads.box_pooler.output_size),
-                self.layers,
-            ),
-        }
+        self.teacher_parts = teacher_parts
+        dims = activation_dims
         for name in self.layers:
             self.akd_adapters[name] = adapter_for(dims["student"][name], dims["teacher"][name])
         t_last = dims["teacher"][self.layers[-1]]
@@ -204,6 +233,64 @@ class HEADDistiller(HEADBase):
             self.ckd_adapter = nn.Linear(self.tower_channels, t_last[0])
         else:
             self.ckd_adapter = Decouple(self.tower_channels, t_last[0], self.num_anchors)
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """Refuses AKD / CKD or INIT_FROM_TEACHER without a teacher and a teacher that is not a
+        Faster R-CNN; copies the teacher's box head into the assistant (INIT_FROM_TEACHER) and
+        measures both box heads' activation shapes with one dry run on a zero RoI feature."""
+        h = cfg.MODEL.DISTILL.HEAD
+        uses_teacher = h.AKD.WEIGHT > 0 or h.CKD.WEIGHT > 0
+        if (uses_teacher or h.ASSIST.INIT_FROM_TEACHER) and teacher is None:
+            raise ValueError(
+                "HEADDistiller: AKD/CKD (MODEL.DISTILL.HEAD.AKD.WEIGHT / CKD.WEIGHT > 0) and "
+                "ASSIST.INIT_FROM_TEACHER need a Faster R-CNN teacher (MODEL.DISTILL.TEACHER."
+                "NAME 'PretrainedTeacher'); for 'Assist only' set both weights to 0 and "
+                "INIT_FROM_TEACHER False."
+            )
+        args = cls._base_args(cfg, student)
+        args.update(
+            layers=list(h.AKD.LAYERS),
+            akd_weight=h.AKD.WEIGHT,
+            akd_warmup=h.AKD.WARMUP_ITERS,
+            ckd_weight=h.CKD.WEIGHT,
+            ckd_warmup=h.CKD.WARMUP_ITERS,
+            ckd_stop=h.CKD.EARLY_STOP_ITER,
+            ckd_adapter=h.CKD.ADAPTER,
+            assist_warmup=h.ASSIST.LOSS_WARMUP_ITERS,
+        )
+        if teacher is None or not args["layers"]:
+            return args
+        detector = teacher.detector
+        roi_heads = getattr(detector, "roi_heads", None)
+        if not isinstance(getattr(roi_heads, "box_head", None), FastRCNNConvFCHead):
+            raise TypeError(
+                "HEAD's teacher must be a Faster R-CNN (GeneralizedRCNN with StandardROIHeads "
+                f"and a FastRCNNConvFCHead box head), got {type(detector).__name__}; check "
+                "MODEL.DISTILL.TEACHER.CONFIG_FILE."
+            )
+        assistant = args["assistant"]
+        if h.ASSIST.INIT_FROM_TEACHER:
+            transfer_weights(assistant, roi_heads)
+        t_shape = teacher.output_shape()[roi_heads.box_in_features[0]]
+        args["activation_dims"] = {
+            "student": activation_shapes(
+                assistant.box_head,
+                (args["assistant_channels"], *assistant.box_pooler.output_size),
+                args["layers"],
+            ),
+            "teacher": activation_shapes(
+                roi_heads.box_head,
+                (t_shape.channels, *roi_heads.box_pooler.output_size),
+                args["layers"],
+            ),
+        }
+        args["teacher_parts"] = Borrowed(
+            box_pooler=roi_heads.box_pooler,
+            box_head=roi_heads.box_head,
+            box_in_features=list(roi_heads.box_in_features),
+        )
+        return args
 
     def forward(self, student: DetectorOutputs, teacher: Optional[DetectorOutputs], assignment):
         it = get_event_storage().iter

@@ -1,9 +1,10 @@
 """TF-HEAD (teacher-free HEAD; the official ``dev`` branch of LutingWang/HEAD): the assistants
 train with the student and its head features are regressed onto their detached ones."""
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from detectron2.utils.events import get_event_storage
@@ -68,9 +69,92 @@ class TFHEADDistiller(HEADBase):
         "loss_distill_self_rcnn",
     )
 
-    def __init__(self, cfg, *, student, teacher):
-        super().__init__(cfg, student=student)
-        student_shape = student.backbone.output_shape()
+    @configurable
+    def __init__(
+        self,
+        *,
+        layer: str,
+        layer_shape: tuple,
+        head_in_shapes: Dict[str, ShapeSpec],
+        pixel_mean: List[float],
+        pixel_std: List[float],
+        fcos_assist: bool = True,
+        fcos_num_convs: int = 4,
+        fcos_loss_weights: Tuple[float, float, float] = (0.5, 0.5, 0.5),
+        assist_warmup: int = 2000,
+        self_fcos_weight: float = 1.0,
+        self_rcnn_weight: float = 1.3,
+        self_rcnn_adapter: str = "decouple",
+        warmup: int = 2000,
+        early_stop: int = 58640,
+        **base,
+    ):
+        """
+        Args:
+            layer: the assistant's box-head layer the cls tower is regressed onto
+                (MODEL.DISTILL.HEAD.AKD.LAYERS[-1]); layer_shape: its activation's shape.
+            head_in_shapes: the student's head levels (the FCOS assistant's inputs);
+                pixel_mean, pixel_std: the student's (FCOS keeps them).
+            fcos_assist ... early_stop: MODEL.DISTILL.HEAD.TF's FCOS_ASSIST, FCOS_NUM_CONVS,
+                FCOS_LOSS_WEIGHTS, ASSIST_LOSS_WARMUP_ITERS, SELF_FCOS_WEIGHT,
+                SELF_RCNN_WEIGHT, SELF_RCNN_ADAPTER, WARMUP_ITERS, EARLY_STOP_ITER.
+            base: :class:`HEADBase`'s arguments.
+        """
+        super().__init__(**base)
+        if self_rcnn_adapter not in ("linear", "decouple"):
+            raise ValueError(
+                f"MODEL.DISTILL.HEAD.TF.SELF_RCNN_ADAPTER = {self_rcnn_adapter!r}; valid: "
+                "linear, decouple"
+            )
+        self.layer = layer
+        self.assist_warmup = assist_warmup
+        self.fcos_weights = tuple(fcos_loss_weights)
+        self.self_fcos_weight, self.self_rcnn_weight = self_fcos_weight, self_rcnn_weight
+        self.warmup, self.early_stop = warmup, early_stop
+        c = self.tower_channels
+        head_in = list(head_in_shapes)
+        self.fcos = None
+        if fcos_assist:
+            shapes = [head_in_shapes[f] for f in head_in]
+            # MMDetection v2's FCOSHead as the dev branch configures it (configs/kd/
+            # retina_fcos_faster.py: norm_on_bbox, centerness_on_reg, center_sampling 1.5,
+            # conv_bias, GN(32), 4 convs; fcos_head.py: a Scale per level, GIoU weighted by the
+            # centerness targets, reduce_mean'd positive count, closed regress_ranges). The
+            # assistant never runs inference, so the test-time options do not matter.
+            self.fcos = FCOS(
+                backbone=_ShapeOnlyBackbone(dict(head_in_shapes)),
+                head=FCOSHead(
+                    input_shape=shapes,
+                    conv_dims=[c] * fcos_num_convs,
+                    num_classes=self.num_classes,
+                    norm="GN",
+                    prior_prob=0.01,
+                    scale_per_level=True,
+                ),
+                head_in_features=head_in,
+                num_classes=self.num_classes,
+                center_sampling_radius=1.5,
+                pixel_mean=pixel_mean,
+                pixel_std=pixel_std,
+                box_loss_centerness_weighted=True,
+                norm_across_workers=True,
+                size_range_inclusive=True,
+            )
+            self.self_fcos_conv = nn.Conv2d(c, c, kernel_size=1)
+        out = tuple(layer_shape)
+        if len(out) != 1:
+            raise ValueError(
+                f"TF-HEAD regresses a vector onto the assistant's {self.layer!r} output, which "
+                f"is a map {out}: make MODEL.DISTILL.HEAD.AKD.LAYERS end with an fc layer."
+            )
+        if self_rcnn_adapter == "decouple":
+            self.self_rcnn_adapter = Decouple(c, out[0], self.num_anchors)
+        else:
+            self.self_rcnn_adapter = nn.Linear(c, out[0])
+
+    @classmethod
+    def from_config(cls, cfg, *, student, teacher):
+        """Refuses a teacher and INIT_FROM_TEACHER (there is none to copy from)."""
         if teacher is not None:
             raise ValueError(
                 "TFHEADDistiller is teacher-free: unset MODEL.DISTILL.TEACHER.NAME (or use "
@@ -83,69 +167,32 @@ class TFHEADDistiller(HEADBase):
                 "TF-HEAD has no teacher to copy the assistant from: set "
                 "MODEL.DISTILL.HEAD.ASSIST.INIT_FROM_TEACHER False."
             )
-        if t.SELF_RCNN_ADAPTER not in ("linear", "decouple"):
-            raise ValueError(
-                f"MODEL.DISTILL.HEAD.TF.SELF_RCNN_ADAPTER = {t.SELF_RCNN_ADAPTER!r}; valid: "
-                "linear, decouple"
-            )
-        self.layer = list(h.AKD.LAYERS)[-1]
-        self.assist_warmup = t.ASSIST_LOSS_WARMUP_ITERS
-        self.fcos_weights = tuple(t.FCOS_LOSS_WEIGHTS)
-        self.self_fcos_weight, self.self_rcnn_weight = t.SELF_FCOS_WEIGHT, t.SELF_RCNN_WEIGHT
-        self.warmup, self.early_stop = t.WARMUP_ITERS, t.EARLY_STOP_ITER
-        c = self._tower_channels(cfg, student_shape)
-        head_in = list(cfg.MODEL.RETINANET.IN_FEATURES)
-        self.fcos = None
-        if t.FCOS_ASSIST:
-            shapes = [student_shape[f] for f in head_in]
-            # MMDetection v2's FCOSHead as the dev branch configures it (configs/kd/
-            # retina_fcos_faster.py: norm_on_bbox, centerness_on_reg, center_sampling 1.5,
-            # conv_bias, GN(32), 4 convs; fcos_head.py: a Scale per level, GIoU weighted by the
-            # centerness targets, reduce_mean'd positive count, closed regress_ranges). The
-            # assistant never runs inference, so the test-time options do not matter.
-            self.fcos = FCOS(
-                backbone=_ShapeOnlyBackbone({f: student_shape[f] for f in head_in}),
-                head=FCOSHead(
-                    input_shape=shapes,
-                    conv_dims=[c] * t.FCOS_NUM_CONVS,
-                    num_classes=self.num_classes,
-                    norm="GN",
-                    prior_prob=0.01,
-                    scale_per_level=True,
-                ),
-                head_in_features=head_in,
-                num_classes=self.num_classes,
-                center_sampling_radius=1.5,
-                pixel_mean=cfg.MODEL.PIXEL_MEAN,
-                pixel_std=cfg.MODEL.PIXEL_STD,
-                box_loss_centerness_weighted=True,
-                norm_across_workers=True,
-                size_range_inclusive=True,
-            )
-            self.self_fcos_conv = nn.Conv2d(c, c, kernel_size=1)
-        out = activation_shapes(
-            self.assistant.box_head,
-            (self.assistant_channels, *self.assistant.box_pooler.output_size),
-            [self.layer],
-        )[self.layer]
-        if len(out) != 1:
-            raise ValueError(
-                f"TF-HEAD regresses a vector onto the assistant's {self.layer!r} output, which "
-                f"is a map {out}: make MODEL.DISTILL.HEAD.AKD.LAYERS end with an fc layer."
-            )
-        num_anchors = len(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]) * len(
-            cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]
+        args = cls._base_args(cfg, student)
+        student_shape = student.backbone.output_shape()
+        layer = list(h.AKD.LAYERS)[-1]
+        assistant = args["assistant"]
+        layer_shape = activation_shapes(
+            assistant.box_head,
+            (args["assistant_channels"], *assistant.box_pooler.output_size),
+            [layer],
+        )[layer]
+        return dict(
+            args,
+            layer=layer,
+            layer_shape=tuple(layer_shape),
+            head_in_shapes={f: student_shape[f] for f in cfg.MODEL.RETINANET.IN_FEATURES},
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
+            fcos_assist=t.FCOS_ASSIST,
+            fcos_num_convs=t.FCOS_NUM_CONVS,
+            fcos_loss_weights=tuple(t.FCOS_LOSS_WEIGHTS),
+            assist_warmup=t.ASSIST_LOSS_WARMUP_ITERS,
+            self_fcos_weight=t.SELF_FCOS_WEIGHT,
+            self_rcnn_weight=t.SELF_RCNN_WEIGHT,
+            self_rcnn_adapter=t.SELF_RCNN_ADAPTER,
+            warmup=t.WARMUP_ITERS,
+            early_stop=t.EARLY_STOP_ITER,
         )
-        if t.SELF_RCNN_ADAPTER == "decouple":
-            self.self_rcnn_adapter = Decouple(c, out[0], num_anchors)
-        else:
-            self.self_rcnn_adapter = nn.Linear(c, out[0])
-        a = student.anchor_generator.num_cell_anchors[0]
-        if isinstance(self.self_rcnn_adapter, Decouple) and self.self_rcnn_adapter.num != a:
-            raise ValueError(
-                f"TF-HEAD's decouple adapter has {self.self_rcnn_adapter.num} slices but the "
-                f"student has {a} anchors per location."
-            )
 
     def forward(self, student: DetectorOutputs, teacher, assignment):
         it = get_event_storage().iter
