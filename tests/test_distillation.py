@@ -400,3 +400,41 @@ def test_roles_are_subclasses_and_borrowed_parts_stay_out_of_their_state(monkeyp
         r"lgdkd.modeling.distill.roles.Distiller",
     ):
         build_model(cfg)
+
+
+class _TowerReader(Distiller):
+    """Reads the student's cls tower through ``student_taps``."""
+
+    needs_teacher = False
+    needs_teacher_predictions = False
+    loss_names = ("loss_distill_tower",)
+
+    def __init__(self, path="head.cls_subnet"):
+        super().__init__()
+        self.student_taps = {"cls_tower": path}
+        self.seen = None
+
+    def forward(self, student, teacher, assignment=None):
+        self.seen = (student.extras["cls_tower"], student.features, student.head_in_features)
+        return {"loss_distill_tower": sum(t.mean() for t in student.extras["cls_tower"]) * 0.0}
+
+
+def test_student_taps_record_sub_module_outputs_per_level():
+    from lgdkd.modeling import DistillationDetector
+
+    cfg = quick_cfg("retinanet")
+    student = build_model(cfg)
+    reader = _TowerReader()
+    model = DistillationDetector(student=student, distillers=[reader])
+    model.train()
+    with EventStorage(0):
+        losses = model(toy_batch(cfg, start=1))
+    towers, features, names = reader.seen
+    assert len(towers) == len(names) == 5
+    for t, name in zip(towers, names):
+        assert torch.equal(t, student.head.cls_subnet(features[name]))
+    assert "loss_distill_tower" in losses
+    # the hooks are gone after the student's forward: evaluation records nothing
+    assert not student.head.cls_subnet._forward_hooks
+    with pytest.raises(ValueError, match="reads the output of the student's 'head.no_such'"):
+        DistillationDetector(student=student, distillers=[_TowerReader("head.no_such")])

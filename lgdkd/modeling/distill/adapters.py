@@ -27,7 +27,7 @@ import torch
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.fcos import FCOS as D2FCOS
 from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN
-from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.registry import Registry
 from torch import Tensor
@@ -97,10 +97,7 @@ class DenseDetectorAdapter(StudentAdapter):
         predictions, extras = None, {}
         if with_head:
             head_in = [features[f] for f in model.head_in_features]
-            if type(model.head) is RetinaNetHead:
-                predictions, extras["cls_tower"] = _retinanet_head_with_towers(model.head, head_in)
-            else:
-                predictions = list(model.head(head_in))
+            predictions = list(model.head(head_in))
         return DetectorOutputs(
             images=images,
             features=features,
@@ -172,19 +169,6 @@ class DenseDetectorAdapter(StudentAdapter):
                     f"student's {tuple(outputs.features[f].shape)}."
                 )
         return self._losses(model, outputs, head_in, list(model.head(head_in)))
-
-
-def _retinanet_head_with_towers(head: RetinaNetHead, features: List[Tensor]):
-    """``RetinaNetHead.forward`` (the same modules in the same order) that also returns the
-    cls-tower output of each level, (N, C, H_l, W_l) after its last activation (HEAD's CKD
-    reads it). Stored in ``DetectorOutputs.extras["cls_tower"]``."""
-    logits, deltas, towers = [], [], []
-    for x in features:
-        t = head.cls_subnet(x)
-        towers.append(t)
-        logits.append(head.cls_score(t))
-        deltas.append(head.bbox_pred(head.bbox_subnet(x)))
-    return [logits, deltas], towers
 
 
 @STUDENT_ADAPTER_REGISTRY.register()

@@ -1,6 +1,7 @@
 """The one distillation meta-architecture: a stock student plus pluggable teacher, assigner and
 distillers, driven through a stateless student adapter."""
 
+import contextlib
 import logging
 from typing import Dict, List, Optional
 
@@ -93,6 +94,7 @@ class DistillationDetector(nn.Module):
             )
         self.eval_network = eval_network
         self._adapter = build_adapter(student)
+        self._taps = _student_taps(student, [assigner, *distillers])
 
     @classmethod
     def from_config(cls, cfg):
@@ -168,7 +170,9 @@ class DistillationDetector(nn.Module):
         weight = self.schedule.distill_weight(iteration)
 
         images, gt_instances = self._adapter.preprocess(self.student, batched_inputs)
-        student_out = self._adapter.run(self.student, images, gt_instances)
+        with _recorded_outputs(self._taps) as taps:
+            student_out = self._adapter.run(self.student, images, gt_instances)
+        student_out.extras.update(taps)
         teacher_out, assignment = None, None
         trainable_teacher = self.teacher is not None and self.teacher.trainable
         if self.teacher is not None and (weight > 0 or trainable_teacher):
@@ -238,3 +242,43 @@ class DistillationDetector(nn.Module):
         if self.teacher is None:
             return None
         return self.teacher.detector_for_evaluation(student=self.student)
+
+
+def _student_taps(student: nn.Module, roles) -> Dict[str, nn.Module]:
+    """``{name: student sub-module}`` of the roles' ``student_taps``; refuses a path the student
+    lacks and one name for two paths."""
+    paths: Dict[str, str] = {}
+    modules: Dict[str, nn.Module] = {}
+    for role in roles:
+        if role is None:
+            continue
+        for name, path in role.student_taps.items():
+            if paths.get(name, path) != path:
+                raise ValueError(
+                    f"{type(role).__name__} records student output {name!r} from {path!r}, "
+                    f"another role from {paths[name]!r}: rename one of them."
+                )
+            try:
+                modules[name] = student.get_submodule(path)
+            except AttributeError:
+                raise ValueError(
+                    f"{type(role).__name__} reads the output of the student's {path!r}, which "
+                    f"{type(student).__name__} does not have."
+                ) from None
+            paths[name] = path
+    return modules
+
+
+@contextlib.contextmanager
+def _recorded_outputs(modules: Dict[str, nn.Module]):
+    """Within the block, every output of each module is appended to ``recorded[name]``."""
+    recorded: Dict[str, list] = {name: [] for name in modules}
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out, name=name: recorded[name].append(out))
+        for name, m in modules.items()
+    ]
+    try:
+        yield recorded
+    finally:
+        for h in handles:
+            h.remove()

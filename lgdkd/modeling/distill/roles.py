@@ -15,6 +15,8 @@ it cannot use (naming both sides and the config key to change); it keeps the par
 models it reads at every step in a :class:`Borrowed` (not sub-modules: they stay out of its
 state dict, parameters and device moves; their owner has them). The meta-architecture reads
 only the attributes defined here: a role overrides a default by setting the attribute.
+Outputs of the student's own sub-modules reach a role through ``student_taps`` (forward hooks
+around the student's forward), never by rewriting the student's forward.
 """
 
 from typing import Dict, Optional, Tuple
@@ -94,11 +96,13 @@ class Assigner(nn.Module):
     ``forward(student: DetectorOutputs, teacher: Optional[DetectorOutputs]) -> Assignment``,
     with the ground truth in ``student.gt_instances``; without gradient unless it says so.
 
-    Default ``needs_teacher_predictions = True``: it reads the teacher's head outputs (when no
-    role does, the teacher stops after its backbone).
+    Defaults: ``needs_teacher_predictions = True``: it reads the teacher's head outputs (when
+    no role does, the teacher stops after its backbone); ``student_taps = {}``: as for a
+    :class:`Distiller`.
     """
 
     needs_teacher_predictions = True
+    student_taps: Dict[str, str] = {}
 
     def forward(self, student: DetectorOutputs, teacher: Optional[DetectorOutputs]) -> Assignment:
         raise NotImplementedError
@@ -117,13 +121,18 @@ class Distiller(nn.Module):
     * ``trains_when_off = False``: while the schedule has distillation off it is skipped (its
       losses are logged as 0); True: it still runs, at full weight, on detached student
       features, so only its own parameters learn (LGD's adapter);
-    * ``loss_names = ()``: the keys it returns, logged as 0 while it is skipped.
+    * ``loss_names = ()``: the keys it returns, logged as 0 while it is skipped;
+    * ``student_taps = {}``: outputs of the student's sub-modules it reads, as
+      ``{name: module path}`` (e.g. ``{"cls_tower": "head.cls_subnet"}``): forward hooks
+      record them during the student's forward, in call order (one per level for a head
+      tower), as ``student.extras[name]``; a path the student lacks is refused at build time.
     """
 
     needs_teacher = True
     needs_teacher_predictions = True
     trains_when_off = False
     loss_names: Tuple[str, ...] = ()
+    student_taps: Dict[str, str] = {}
 
     def forward(
         self,

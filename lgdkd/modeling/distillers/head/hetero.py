@@ -24,8 +24,9 @@ __all__ = ["HEADDistiller", "HEADBase"]
 
 
 def _check_retinanet(student) -> None:
-    """HEAD reads the RetinaNet cls tower, which the adapter records for detectron2's own
-    ``RetinaNetHead`` (a subclass may compute its outputs differently)."""
+    """HEAD reads the RetinaNet cls tower, recorded from ``head.cls_subnet`` once per level as
+    detectron2's own ``RetinaNetHead`` calls it (a subclass may compute its outputs
+    differently)."""
     if not isinstance(student, RetinaNet) or type(getattr(student, "head", None)) is not (
         RetinaNetHead
     ):
@@ -42,6 +43,8 @@ class HEADBase(Distiller):
 
     needs_teacher = False
     needs_teacher_predictions = False
+    # the student's cls tower per level: student.extras["cls_tower"]
+    student_taps = {"cls_tower": "head.cls_subnet"}
 
     @configurable
     def __init__(
