@@ -20,11 +20,10 @@ from .annotations import (
     DROP_REASONS,
     MIN_BOX_SIDE,
     BoxCounts,
-    box_counts,
-    load_dataset_dicts,
     sanitize_coco_dict,
     sanitize_dataset_dicts,
 )
+from .box_counts import box_counts, load_dataset_dicts
 from .catalog import (
     NUM_CLASSES_KEYS,
     DatasetError,

@@ -27,7 +27,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.utils.file_io import PathManager
 
-from .annotations import RULE_VERSION, BoxCounts, report_box_counts, sanitize_coco_dict
+from .annotations import RULE_VERSION, BoxCounts, sanitize_coco_dict
+from .box_counts import report_box_counts
 from .catalog import DatasetError
 
 __all__ = ["EvaluationGroundTruth", "evaluation_box_counts", "evaluation_ground_truth"]

@@ -21,7 +21,7 @@ from detectron2.data.build import (
 )
 from detectron2.data.detection_utils import check_metadata_consistency
 
-from .annotations import load_dataset_dicts, usable_boxes_error
+from .box_counts import load_dataset_dicts, usable_boxes_error
 from .catalog import DatasetError
 
 __all__ = [
@@ -100,7 +100,7 @@ def get_train_dataset_dicts(cfg):
     config asks.
 
     Like detectron2's ``get_detection_dataset_dicts``, except that each set goes through
-    :func:`lgdkd.data.annotations.load_dataset_dicts` (boxes clipped to their image, empty
+    :func:`lgdkd.data.box_counts.load_dataset_dicts` (boxes clipped to their image, empty
     and malformed ones dropped, counts logged once per set) and that a set left without data
     raises a DatasetError instead of a bare assertion:
 
@@ -182,7 +182,7 @@ def build_test_loader(cfg, dataset_name, keep_annotations: bool = False):
     """detectron2's inference loader of one registered set, with :class:`CheckedDatasetMapper`
     (``is_train=False``: test-time resize, annotations dropped, batch size 1), or with
     :class:`AnnotatedTestMapper` when ``keep_annotations``. The set is loaded with the box
-    rule (:func:`lgdkd.data.annotations.load_dataset_dicts`), as for training."""
+    rule (:func:`lgdkd.data.box_counts.load_dataset_dicts`), as for training."""
     mapper = AnnotatedTestMapper(cfg) if keep_annotations else CheckedDatasetMapper(cfg, False)
     dicts = load_dataset_dicts(dataset_name)
     if not len(dicts):

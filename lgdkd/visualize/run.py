@@ -5,7 +5,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..data import AnnotatedTestMapper
-from ..data.annotations import load_dataset_dicts
+from ..data.box_counts import load_dataset_dicts
 from ..engine.checkpointer import load_for_evaluation, load_initial_weights
 from .draw import write_layers
 from .step import check_layers, inspect_step
