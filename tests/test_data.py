@@ -323,7 +323,7 @@ def test_source_checksum_mismatch(tmp_path):
 def test_missing_wheel_is_a_clear_error(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        df.importlib.util, "find_spec", lambda n, *a: None if n == "deepforest" else real(n, *a)
+        importlib.util, "find_spec", lambda n, *a: None if n == "deepforest" else real(n, *a)
     )
     with pytest.raises(DeepForestError) as e:
         df.deepforest_source_dir()
