@@ -27,6 +27,7 @@ from ..assigners.regions import valid_region_masks
 from ..distill.outputs import DetectorOutputs
 from ..distill.registries import DISTILLER_REGISTRY
 from ..distill.roles import Distiller
+from .feature_mimic import paired_features
 
 __all__ = ["ChannelWiseDistiller", "channel_wise_kl"]
 
@@ -124,38 +125,16 @@ class ChannelWiseDistiller(Distiller):
     @classmethod
     def from_config(cls, cfg, *, student, teacher):
         """The feature shapes of both models; refuses levels either side lacks or whose strides
-        differ, and a temperature <= 0."""
+        differ (:func:`paired_features`), and a temperature <= 0."""
         c = cfg.MODEL.DISTILL.CWD
         s_shape, t_shape = student.backbone.output_shape(), teacher.output_shape()
-        names = list(c.IN_FEATURES)
-        t_names = list(c.TEACHER_FEATURES) or names
-        if not names or len(t_names) != len(names):
-            raise ValueError(
-                "MODEL.DISTILL.CWD.IN_FEATURES must name at least one student feature and "
-                f"TEACHER_FEATURES one teacher feature per entry (or be []): {names} vs "
-                f"{list(c.TEACHER_FEATURES)}."
-            )
-        for s, t in zip(names, t_names):
-            if s not in s_shape:
-                raise ValueError(
-                    f"MODEL.DISTILL.CWD.IN_FEATURES: the student has no feature {s!r} (it has "
-                    f"{sorted(s_shape)})."
-                )
-            if t not in t_shape:
-                raise ValueError(
-                    f"MODEL.DISTILL.CWD: the teacher has no feature {t!r} (it has "
-                    f"{sorted(t_shape)}); set MODEL.DISTILL.CWD.TEACHER_FEATURES."
-                )
-            if s_shape[s].stride != t_shape[t].stride:
-                raise ValueError(
-                    f"MODEL.DISTILL.CWD: student feature {s!r} has stride {s_shape[s].stride}, "
-                    f"teacher feature {t!r} stride {t_shape[t].stride}: the maps cannot be "
-                    "compared cell by cell."
-                )
+        pairs = paired_features(
+            s_shape, t_shape, list(c.IN_FEATURES), list(c.TEACHER_FEATURES), "CWD"
+        )
         if not c.TAU > 0:
             raise ValueError(f"MODEL.DISTILL.CWD.TAU must be > 0, got {c.TAU}.")
         return {
-            "pairs": list(zip(names, t_names)),
+            "pairs": pairs,
             "student_shapes": dict(s_shape),
             "teacher_shapes": dict(t_shape),
             "tau": c.TAU,

@@ -15,7 +15,7 @@ from ..distill.outputs import Assignment, DetectorOutputs
 from ..distill.registries import DISTILLER_REGISTRY
 from ..distill.roles import Distiller
 
-__all__ = ["FeatureMimicDistiller", "instance_norm", "copy_head_from_teacher"]
+__all__ = ["FeatureMimicDistiller", "copy_head_from_teacher", "instance_norm", "paired_features"]
 
 _MASKS = ("all", "gt_boxes", "assigner")
 
@@ -53,6 +53,48 @@ def copy_head_from_teacher(student: nn.Module, teacher: nn.Module) -> None:
             "(classes, anchors, convs, channels) or set it False."
         )
     s_head.load_state_dict(src)
+
+
+def paired_features(
+    student_shapes: Dict[str, ShapeSpec],
+    teacher_shapes: Dict[str, ShapeSpec],
+    names: List[str],
+    teacher_names: List[str],
+    node: str,
+) -> List[Tuple[str, str]]:
+    """(student feature, teacher feature) pairs of a feature distiller's config node
+    ``MODEL.DISTILL.<node>`` (IN_FEATURES ``names``, TEACHER_FEATURES ``teacher_names``, [] =
+    the same names); refuses a name either side lacks and maps of different strides."""
+    key = f"MODEL.DISTILL.{node}"
+    teacher_names = list(teacher_names) or list(names)
+    if len(teacher_names) != len(names):
+        raise ValueError(
+            f"{key}.TEACHER_FEATURES must have one entry per IN_FEATURES entry: "
+            f"{teacher_names} vs {list(names)}"
+        )
+    if not names:
+        raise ValueError(
+            f"{key}: the student ({sorted(student_shapes)}) and the teacher "
+            f"({sorted(teacher_shapes)}) share no feature name; set {key}.IN_FEATURES / "
+            "TEACHER_FEATURES."
+        )
+    for s, t in zip(names, teacher_names):
+        if s not in student_shapes:
+            raise ValueError(
+                f"{key}: student has no feature {s!r} (it has {sorted(student_shapes)})."
+            )
+        if t not in teacher_shapes:
+            raise ValueError(
+                f"{key}: teacher has no feature {t!r} (it has {sorted(teacher_shapes)}), "
+                f"needed for student feature {s!r}; set {key}.TEACHER_FEATURES."
+            )
+        if student_shapes[s].stride != teacher_shapes[t].stride:
+            raise ValueError(
+                f"{key}: student feature {s!r} has stride {student_shapes[s].stride} but "
+                f"teacher feature {t!r} has stride {teacher_shapes[t].stride}; the maps "
+                "cannot be compared."
+            )
+    return list(zip(names, teacher_names))
 
 
 def _adapter(kind: str, c_in: int, c_out: int) -> nn.Module:
@@ -137,39 +179,13 @@ class FeatureMimicDistiller(Distiller):
         student_shape, teacher_shape = student.backbone.output_shape(), teacher.output_shape()
         c = cfg.MODEL.DISTILL.FEATURE_MIMIC
         names = list(c.IN_FEATURES) or [k for k in student_shape if k in teacher_shape]
-        t_names = list(c.TEACHER_FEATURES) or names
-        if len(t_names) != len(names):
-            raise ValueError(
-                "MODEL.DISTILL.FEATURE_MIMIC.TEACHER_FEATURES must have one entry per "
-                f"IN_FEATURES entry: {t_names} vs {names}"
-            )
-        if not names:
-            raise ValueError(
-                f"FeatureMimicDistiller: the student ({sorted(student_shape)}) and the teacher "
-                f"({sorted(teacher_shape)}) share no feature name; set "
-                "MODEL.DISTILL.FEATURE_MIMIC.IN_FEATURES / TEACHER_FEATURES."
-            )
-        for s, t in zip(names, t_names):
-            if s not in student_shape:
-                raise ValueError(
-                    f"FeatureMimicDistiller: student has no feature {s!r} (it has "
-                    f"{sorted(student_shape)})."
-                )
-            if t not in teacher_shape:
-                raise ValueError(
-                    f"FeatureMimicDistiller: teacher has no feature {t!r} (it has "
-                    f"{sorted(teacher_shape)}), needed for student feature {s!r}."
-                )
-            if student_shape[s].stride != teacher_shape[t].stride:
-                raise ValueError(
-                    f"FeatureMimicDistiller: student feature {s!r} has stride "
-                    f"{student_shape[s].stride} but teacher feature {t!r} has stride "
-                    f"{teacher_shape[t].stride}; the maps cannot be compared."
-                )
+        pairs = paired_features(
+            student_shape, teacher_shape, names, list(c.TEACHER_FEATURES), "FEATURE_MIMIC"
+        )
         if c.HEAD_INIT_FROM_TEACHER:
             copy_head_from_teacher(student, teacher.detector)
         return {
-            "pairs": list(zip(names, t_names)),
+            "pairs": pairs,
             "student_shapes": dict(student_shape),
             "teacher_shapes": dict(teacher_shape),
             "adapter": c.ADAPTER,
