@@ -147,8 +147,9 @@ def _add_distill_config(cfg):
     D.SCHEDULE.START_ITER = 0
     # Distillation stops at this iteration (< 0: never).
     D.SCHEDULE.STOP_ITER = -1
-    # Linear warm-up of every distillation loss weight over this many iterations after
-    # START_ITER (0: full weight at once).
+    # Linear warm-up of every distillation loss weight: 0 at START_ITER, 1 from START_ITER +
+    # WARMUP_ITERS on (0: full weight at once). The one warm-up convention of every schedule
+    # (lgdkd/modeling/distill/schedule.py: LossSchedule).
     D.SCHEDULE.WARMUP_ITERS = 0
     # The student's bottom-up backbone gets no update (no gradient, momentum or weight decay)
     # for iterations < this value. FPN and heads keep training.

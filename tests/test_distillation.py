@@ -21,6 +21,7 @@ from lgdkd.export import export_student, student_config
 from lgdkd.modeling import DetectorOutputs, DistillSchedule
 from lgdkd.modeling.assigners import gt_box_masks, valid_region_masks
 from lgdkd.modeling.distill.roles import Borrowed, Distiller
+from lgdkd.modeling.distill.schedule import LossSchedule
 from lgdkd.modeling.distillers import DISTILLER_REGISTRY, FeatureMimicDistiller
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,12 +85,16 @@ def distill_cfg(family, teacher, **overrides):
 # --------------------------------------------------------------------------------- schedule
 def test_schedule_is_a_function_of_the_iteration():
     s = DistillSchedule(start_iter=10, stop_iter=20, warmup_iters=4, freeze_backbone_iters=3)
-    weights = [s.distill_weight(i) for i in (0, 9, 10, 11, 12, 13, 19, 20, 100)]
-    assert weights == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 0.0, 0.0]
+    weights = [s.distill_weight(i) for i in (0, 9, 10, 11, 12, 13, 14, 19, 20, 100)]
+    # one warm-up convention (lgdkd.modeling.distill.schedule.LossSchedule): 0 at the start
+    assert weights == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 0.0, 0.0]
     assert [s.backbone_frozen(i) for i in (0, 2, 3)] == [True, True, False]
     assert DistillSchedule().distill_weight(0) == 1.0
     with pytest.raises(ValueError, match="STOP_ITER"):
         DistillSchedule(start_iter=5, stop_iter=5)
+    # HEAD's ramps are the same primitive: value x min(iteration / warm-up, 1), 0 from the stop
+    ramp = LossSchedule(stop=6, warmup=4)
+    assert [ramp.weight(i) for i in (0, 1, 2, 4, 5, 6)] == [0.0, 0.25, 0.5, 1.0, 1.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------- regions

@@ -17,7 +17,7 @@ from test_distillation import ROOT, quick_cfg, save_teacher, toy_batch, toy_data
 
 import lgdkd.modeling  # noqa: F401
 from lgdkd.export import export_student
-from lgdkd.modeling.distill.schedule import ramp_weight
+from lgdkd.modeling.distill.schedule import LossSchedule
 from lgdkd.modeling.distillers.head import (
     HEADDistiller,
     akd_loss,
@@ -128,14 +128,17 @@ def test_sampling_marks_gt_rows(rcnn_teacher):
 
 
 # ------------------------------------------------------------------------ weights, features
-def test_ramp_weight_follows_the_iteration():
-    assert ramp_weight(2.0, 2000, 0) == 0.0
-    assert ramp_weight(2.0, 2000, 500) == 0.5
-    assert ramp_weight(2.0, 2000, 2000) == 2.0
-    assert ramp_weight(2.0, 2000, 90000) == 2.0
-    assert ramp_weight(1.3, 0, 0) == 1.3
-    assert ramp_weight(1.3, 2000, 58639, early_stop=58640) == 1.3
-    assert ramp_weight(1.3, 2000, 58640, early_stop=58640) == 0.0
+def test_head_ramps_follow_the_iteration():
+    """HEAD's weights: WEIGHT x min(iteration / WARMUP_ITERS, 1), 0 from EARLY_STOP_ITER."""
+    assert [2.0 * LossSchedule(warmup=2000).weight(i) for i in (0, 500, 2000, 90000)] == [
+        0.0,
+        0.5,
+        2.0,
+        2.0,
+    ]
+    assert 1.3 * LossSchedule().weight(0) == 1.3
+    early = LossSchedule(stop=58640, warmup=2000)
+    assert 1.3 * early.weight(58639) == 1.3 and early.weight(58640) == 0.0
 
 
 def test_box_head_activations_are_post_relu(rcnn_teacher):

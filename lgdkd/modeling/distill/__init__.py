@@ -13,4 +13,4 @@ from .registries import (  # noqa: F401
     build_teacher,
 )
 from .roles import Assigner, Borrowed, Distiller, Teacher  # noqa: F401
-from .schedule import DistillSchedule  # noqa: F401
+from .schedule import DistillSchedule, LossSchedule  # noqa: F401

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ...distill.outputs import DetectorOutputs
 from ...distill.registries import DISTILLER_REGISTRY
 from ...distill.roles import Borrowed, Distiller
-from ...distill.schedule import ramp_weight
+from ...distill.schedule import LossSchedule
 from .assistant import HEADAssistant, activation_shapes, box_head_activations, transfer_weights
 from .losses import Decouple, adapter_for, akd_loss, anchor_feature_loss
 from .proposals import retina_proposals
@@ -202,10 +202,10 @@ class HEADDistiller(HEADBase):
             base: :class:`HEADBase`'s arguments.
         """
         super().__init__(**base)
-        self.akd_weight, self.akd_warmup = akd_weight, akd_warmup
-        self.ckd_weight, self.ckd_warmup = ckd_weight, ckd_warmup
-        self.ckd_stop = ckd_stop
-        self.assist_warmup = assist_warmup
+        self.akd_weight, self.ckd_weight = akd_weight, ckd_weight
+        self.assist_schedule = LossSchedule(warmup=assist_warmup)
+        self.akd_schedule = LossSchedule(warmup=akd_warmup)
+        self.ckd_schedule = LossSchedule(stop=ckd_stop, warmup=ckd_warmup)
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("MODEL.DISTILL.HEAD.AKD.LAYERS is empty.")
@@ -297,9 +297,9 @@ class HEADDistiller(HEADBase):
 
     def forward(self, student: DetectorOutputs, teacher: Optional[DetectorOutputs], assignment):
         it = get_event_storage().iter
-        warm = ramp_weight(1.0, self.assist_warmup, it)
-        w_akd = ramp_weight(self.akd_weight, self.akd_warmup, it)
-        w_ckd = ramp_weight(self.ckd_weight, self.ckd_warmup, it, self.ckd_stop)
+        warm = self.assist_schedule.weight(it)
+        w_akd = float(self.akd_weight) * self.akd_schedule.weight(it)
+        w_ckd = float(self.ckd_weight) * self.ckd_schedule.weight(it)
         names = self.layers if (w_akd > 0 or w_ckd > 0) else []
         losses, sampled, acts = self._assist_losses(student, names, warm)
         zero = student.features[student.head_in_features[0]].sum() * 0.0

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ...detectors.fcos import FCOS, FCOSHead
 from ...distill.outputs import DetectorOutputs
 from ...distill.registries import DISTILLER_REGISTRY
-from ...distill.schedule import ramp_weight
+from ...distill.schedule import LossSchedule
 from .assistant import activation_shapes
 from .hetero import HEADBase
 from .losses import Decouple, anchor_feature_loss
@@ -107,10 +107,10 @@ class TFHEADDistiller(HEADBase):
                 "linear, decouple"
             )
         self.layer = layer
-        self.assist_warmup = assist_warmup
+        self.assist_schedule = LossSchedule(warmup=assist_warmup)
+        self.self_schedule = LossSchedule(stop=early_stop, warmup=warmup)
         self.fcos_weights = tuple(fcos_loss_weights)
         self.self_fcos_weight, self.self_rcnn_weight = self_fcos_weight, self_rcnn_weight
-        self.warmup, self.early_stop = warmup, early_stop
         c = self.tower_channels
         head_in = list(head_in_shapes)
         self.fcos = None
@@ -196,8 +196,8 @@ class TFHEADDistiller(HEADBase):
 
     def forward(self, student: DetectorOutputs, teacher, assignment):
         it = get_event_storage().iter
-        warm = ramp_weight(1.0, self.assist_warmup, it)
-        w_self = ramp_weight(1.0, self.warmup, it, self.early_stop)
+        warm = self.assist_schedule.weight(it)
+        w_self = self.self_schedule.weight(it)
         losses, sampled, acts = self._assist_losses(student, [self.layer], warm)
         towers = student.extras["cls_tower"]
         zero = towers[0].sum() * 0.0
