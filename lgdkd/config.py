@@ -5,11 +5,105 @@ detectron2 config. Only ``from_config`` classmethods and the engine read these k
 """
 
 import importlib
+import logging
 
-from detectron2.config import CfgNode as CN
+from detectron2.config import CfgNode as _D2CfgNode
 from detectron2.config import get_cfg as _d2_get_cfg
 
-__all__ = ["add_lgdkd_config", "check_config", "distill_config", "get_cfg"]
+__all__ = [
+    "RENAMED_KEYS",
+    "RENAMED_VALUES",
+    "CfgNode",
+    "add_lgdkd_config",
+    "check_config",
+    "distill_config",
+    "get_cfg",
+]
+
+logger = logging.getLogger(__name__)
+
+# Naming: a node's own loss weight is LOSS_WEIGHT, its other losses' <WHAT>_WEIGHT; option
+# values are lower_snake_case. Keys and values named otherwise before are still read, with a
+# warning that gives the new name (so that old configs and dumped config.yaml files load).
+RENAMED_KEYS = {
+    "MODEL.DISTILL.HEAD.AKD.WEIGHT": "MODEL.DISTILL.HEAD.AKD.LOSS_WEIGHT",
+    "MODEL.DISTILL.HEAD.CKD.WEIGHT": "MODEL.DISTILL.HEAD.CKD.LOSS_WEIGHT",
+    "MODEL.DISTILL.HEAD.ASSIST.LOSS_CLS_WEIGHT": "MODEL.DISTILL.HEAD.ASSIST.CLS_WEIGHT",
+    "MODEL.DISTILL.HEAD.ASSIST.LOSS_BOX_WEIGHT": "MODEL.DISTILL.HEAD.ASSIST.BOX_WEIGHT",
+    "MODEL.GFL.LOSS_WEIGHT_QFL": "MODEL.GFL.QFL_WEIGHT",
+    "MODEL.GFL.LOSS_WEIGHT_BOX": "MODEL.GFL.BOX_WEIGHT",
+    "MODEL.GFL.LOSS_WEIGHT_DFL": "MODEL.GFL.DFL_WEIGHT",
+    "MODEL.PAA.LOSS_WEIGHT_CLS": "MODEL.PAA.CLS_WEIGHT",
+    "MODEL.PAA.LOSS_WEIGHT_BOX": "MODEL.PAA.BOX_WEIGHT",
+    "MODEL.PAA.LOSS_WEIGHT_IOU": "MODEL.PAA.IOU_WEIGHT",
+}
+RENAMED_VALUES = {
+    "MODEL.DISTILL.LGD.INTERACT_PATTERN": {
+        "stuGuided": "student_guided",
+        "labelGuided": "label_guided",
+    },
+}
+
+
+def _renamed_key(key: str) -> str:
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    logger.warning(f"Config key {key} is now called {new}: please rename it in your config.")
+    return new
+
+
+def _renamed_value(key: str, value):
+    new = RENAMED_VALUES.get(key, {}).get(value) if isinstance(value, str) else None
+    if new is None:
+        return value
+    logger.warning(f"{key} {value!r} is now called {new!r}: please update your config.")
+    return new
+
+
+class CfgNode(_D2CfgNode):
+    """detectron2's CfgNode that also reads the keys and values lgdkd renamed
+    (:data:`RENAMED_KEYS`, :data:`RENAMED_VALUES`), with a warning naming the new ones."""
+
+    def merge_from_other_cfg(self, cfg_other):
+        return super().merge_from_other_cfg(_renamed_tree(cfg_other))
+
+    def merge_from_list(self, cfg_list: list):
+        cfg_list = list(cfg_list)
+        for i in range(0, len(cfg_list) - 1, 2):
+            cfg_list[i] = _renamed_key(str(cfg_list[i]))
+            cfg_list[i + 1] = _renamed_value(cfg_list[i], cfg_list[i + 1])
+        return super().merge_from_list(cfg_list)
+
+
+def _renamed_tree(node, prefix: str = ""):
+    """``node`` (a loaded config tree) with renamed keys and values under their new names."""
+    out = type(node)() if isinstance(node, _D2CfgNode) else {}
+    for k, v in node.items():
+        full = _renamed_key(prefix + k)
+        if isinstance(v, dict):
+            v = _renamed_tree(v, prefix + k + ".")
+        else:
+            v = _renamed_value(full, v)
+        if full != prefix + k:  # a renamed key keeps its node; only the last part changes
+            parent, _, leaf = full.rpartition(".")
+            if parent != prefix[:-1]:
+                raise AssertionError(f"{prefix + k} -> {full} moves the key to another node")
+            k = leaf
+        out[k] = v
+    return out
+
+
+def _as_lgdkd_node(node):
+    """Make ``node`` and its sub-nodes instances of :class:`CfgNode` (in place)."""
+    object.__setattr__(node, "__class__", CfgNode)  # yacs routes setattr to keys
+    for v in node.values():
+        if isinstance(v, _D2CfgNode):
+            _as_lgdkd_node(v)
+    return node
+
+
+CN = CfgNode
 
 # MODEL.DISTILL.<NAME> -> the function that fills that node with its defaults
 _DISTILL_NODES = {}
@@ -46,8 +140,9 @@ def distill_config(name: str):
 
 def add_lgdkd_config(cfg):
     """Add lgdkd's keys to ``cfg`` in place (idempotent: nodes declared with
-    :func:`distill_config` since the last call are added to a config that has the rest).
-    Returns ``cfg``."""
+    :func:`distill_config` since the last call are added to a config that has the rest), and
+    make it (and its nodes) a :class:`CfgNode`, which reads renamed keys. Returns ``cfg``."""
+    _as_lgdkd_node(cfg)
     if "DISTILL" not in cfg.MODEL:
         _add_built_in_config(cfg)
     # the roles declare their nodes when their modules are imported; lgdkd.modeling imports
@@ -183,10 +278,11 @@ def _add_distill_config(cfg):
     # PRE_FREEZE_STUDENT_BACKBONE_ITERS -> FREEZE_BACKBONE_ITERS (20000); teacher lr ->
     # TEACHER.LR_FACTOR; EVAL_TEACHER -> TEACHER.EVAL (an oracle: it reads the ground truth).
     G = D.LGD = CN()
-    # Inter-object relation adapter: "stuGuided" (official configs: query = appearance
-    # embedding, key = value = label embedding), "labelGuided" (the reverse), "student_fill"
+    # Inter-object relation adapter: "student_guided" (the official configs' "stuGuided": query
+    # = appearance embedding, key = value = label embedding), "label_guided" (the official
+    # "labelGuided": the reverse), "student_fill"
     # (no attention, appearance only) or "teacher_fill" (label embedding only).
-    G.INTERACT_PATTERN = "stuGuided"
+    G.INTERACT_PATTERN = "student_guided"
     # Heads of the attention (must divide the FPN width; official 8).
     G.NUM_HEADS = 8
     # Detach the student FPN maps before appearance pooling ("detachAppearanceEmbed"), so the
@@ -312,8 +408,8 @@ def _add_distill_config(cfg):
     A.IOU_THRESHOLD = 0.5
     A.APPEND_GT = True
     # softmax CE and L1 box loss (SMOOTH_L1_BETA 0), both over all sampled RoIs
-    A.LOSS_CLS_WEIGHT = 1.0
-    A.LOSS_BOX_WEIGHT = 1.0
+    A.CLS_WEIGHT = 1.0
+    A.BOX_WEIGHT = 1.0
     A.SMOOTH_L1_BETA = 0.0
     # Copy the teacher's box head and predictor into the assistant at build time (HEAD; False
     # for "Assist only"). Needs the same head structure; a tensor of another shape is an error.
@@ -322,16 +418,16 @@ def _add_distill_config(cfg):
     A.LOSS_WARMUP_ITERS = 0
     # AKD: Linear adapters map the assistant's post-activation outputs of LAYERS (names of the
     # box head's layers, e.g. fc1, fc2, conv4) to the teacher's; MSE (mean over elements) on
-    # every sampled RoI. Weight WEIGHT x min(iteration / WARMUP_ITERS, 1).
+    # every sampled RoI. Weight LOSS_WEIGHT x min(iteration / WARMUP_ITERS, 1).
     H.AKD = CN()
-    H.AKD.WEIGHT = 2.0
+    H.AKD.LOSS_WEIGHT = 2.0
     H.AKD.WARMUP_ITERS = 2000
     H.AKD.LAYERS = ["fc1", "fc2"]
     # CKD: the student's RetinaNet cls-tower output at the anchor location of each non-GT
     # sampled RoI, through ADAPTER ("linear": C -> D; "decouple": C -> A x D, the slice of the
     # proposal's anchor), regressed (MSE) to the teacher's output of AKD.LAYERS[-1].
     H.CKD = CN()
-    H.CKD.WEIGHT = 2.0
+    H.CKD.LOSS_WEIGHT = 2.0
     H.CKD.WARMUP_ITERS = 2000
     H.CKD.ADAPTER = "linear"
     # weight 0 from this iteration on (< 0: never)
@@ -427,10 +523,10 @@ def _add_gfl_config(cfg):
     # Losses: Quality Focal Loss (beta, weight), box loss "giou" (COCO) or "ciou" (LD's VOC
     # students) and Distribution Focal Loss; the DFL target is clamped to REG_MAX - eps.
     G.QFL_BETA = 2.0
-    G.LOSS_WEIGHT_QFL = 1.0
+    G.QFL_WEIGHT = 1.0
     G.BOX_LOSS = "giou"
-    G.LOSS_WEIGHT_BOX = 2.0
-    G.LOSS_WEIGHT_DFL = 0.25
+    G.BOX_WEIGHT = 2.0
+    G.DFL_WEIGHT = 0.25
     G.DFL_TARGET_EPS = 0.1
     # Inference: per level the TOPK_CANDIDATES_TEST locations of highest max class score, then
     # (box, class) pairs above SCORE_THRESH_TEST, class-wise NMS at NMS_THRESH_TEST, at most
@@ -500,14 +596,14 @@ def _add_paa_config(cfg):
     P.GMM_MAX_ITER = 100
     P.GMM_TOL = 1e-3
     P.GMM_REG_COVAR = 1e-6
-    # Losses: focal (alpha, gamma) / max(positives, images), GIoU x LOSS_WEIGHT_BOX (weighted by
+    # Losses: focal (alpha, gamma) / max(positives, images), GIoU x BOX_WEIGHT (weighted by
     # each positive's IoU target and divided by their sum; False: divided by the positives, the
-    # LAD student's loss), IoU-branch BCE x LOSS_WEIGHT_IOU / positives.
+    # LAD student's loss), IoU-branch BCE x IOU_WEIGHT / positives.
     P.FOCAL_LOSS_ALPHA = 0.25
     P.FOCAL_LOSS_GAMMA = 2.0
-    P.LOSS_WEIGHT_CLS = 1.0
-    P.LOSS_WEIGHT_BOX = 1.3
-    P.LOSS_WEIGHT_IOU = 0.5
+    P.CLS_WEIGHT = 1.0
+    P.BOX_WEIGHT = 1.3
+    P.IOU_WEIGHT = 0.5
     P.BOX_LOSS_IOU_WEIGHTED = True
     # Normalisers (positives, max(positives, images), IoU-target sum): the batch's counts averaged
     # over workers (True, as kkhoot/PAA: losses independent of how the batch is split over

@@ -773,7 +773,7 @@ def test_tf_head_fcos_assistant_uses_the_official_options(tiny_cfg):
     h = cfg.MODEL.DISTILL.HEAD
     h.ASSIST.INIT_FROM_TEACHER = False
     h.ASSIST.FC_DIM, h.ASSIST.BATCH_SIZE_PER_IMAGE = 64, 32
-    h.AKD.WEIGHT = h.CKD.WEIGHT = 0.0
+    h.AKD.LOSS_WEIGHT = h.CKD.LOSS_WEIGHT = 0.0
     h.TF.FCOS_NUM_CONVS = 1
     torch.manual_seed(0)
     model = build_model(cfg)

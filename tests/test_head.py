@@ -44,8 +44,8 @@ def head_cfg(teacher, distiller="HEADDistiller", **overrides):
         cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE, cfg.MODEL.DISTILL.TEACHER.WEIGHTS = teacher
     else:
         cfg.MODEL.DISTILL.HEAD.ASSIST.INIT_FROM_TEACHER = False
-        cfg.MODEL.DISTILL.HEAD.AKD.WEIGHT = 0.0
-        cfg.MODEL.DISTILL.HEAD.CKD.WEIGHT = 0.0
+        cfg.MODEL.DISTILL.HEAD.AKD.LOSS_WEIGHT = 0.0
+        cfg.MODEL.DISTILL.HEAD.CKD.LOSS_WEIGHT = 0.0
     return cfg
 
 
@@ -275,7 +275,7 @@ def test_akd_and_ckd_are_zero_when_features_match():
 
 def test_bad_head_configs_are_refused(rcnn_teacher, tmp_path):
     cfg = head_cfg(None)
-    cfg.MODEL.DISTILL.HEAD.AKD.WEIGHT = 2.0
+    cfg.MODEL.DISTILL.HEAD.AKD.LOSS_WEIGHT = 2.0
     with pytest.raises(ValueError, match="need a Faster R-CNN teacher"):
         build_model(cfg)
     retina_teacher = save_teacher(tmp_path, "retinanet")

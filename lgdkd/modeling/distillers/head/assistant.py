@@ -99,7 +99,7 @@ class HEADAssistant(StandardROIHeads):
             num_classes=num_classes,
             cls_agnostic_bbox_reg=a.CLS_AGNOSTIC_BBOX_REG,
             smooth_l1_beta=a.SMOOTH_L1_BETA,
-            loss_weight={"loss_cls": a.LOSS_CLS_WEIGHT, "loss_box_reg": a.LOSS_BOX_WEIGHT},
+            loss_weight={"loss_cls": a.CLS_WEIGHT, "loss_box_reg": a.BOX_WEIGHT},
         )
         return cls(
             box_in_features=in_features,

@@ -191,8 +191,8 @@ class HEADDistiller(HEADBase):
         Args:
             layers: the box-head layers AKD compares (MODEL.DISTILL.HEAD.AKD.LAYERS; CKD the
                 last one).
-            akd_weight ... assist_warmup: MODEL.DISTILL.HEAD's AKD.WEIGHT, AKD.WARMUP_ITERS,
-                CKD.WEIGHT, CKD.WARMUP_ITERS, CKD.EARLY_STOP_ITER, CKD.ADAPTER and
+            akd_weight ... assist_warmup: MODEL.DISTILL.HEAD's AKD.LOSS_WEIGHT, AKD.WARMUP_ITERS,
+                CKD.LOSS_WEIGHT, CKD.WARMUP_ITERS, CKD.EARLY_STOP_ITER, CKD.ADAPTER and
                 ASSIST.LOSS_WARMUP_ITERS.
             teacher_parts: the Faster R-CNN teacher's ``box_pooler``, ``box_head`` and
                 ``box_in_features`` (None: Assist only, no teacher).
@@ -230,7 +230,7 @@ class HEADDistiller(HEADBase):
                 raise ValueError(
                     f"CKD regresses a vector onto the teacher's {self.layers[-1]!r} output, "
                     f"which is a map {t_last}: make MODEL.DISTILL.HEAD.AKD.LAYERS end with an "
-                    "fc layer, or set CKD.WEIGHT 0."
+                    "fc layer, or set CKD.LOSS_WEIGHT 0."
                 )
         elif self.ckd_adapter_kind == "linear":
             self.ckd_adapter = nn.Linear(self.tower_channels, t_last[0])
@@ -243,10 +243,10 @@ class HEADDistiller(HEADBase):
         Faster R-CNN; copies the teacher's box head into the assistant (INIT_FROM_TEACHER) and
         measures both box heads' activation shapes with one dry run on a zero RoI feature."""
         h = cfg.MODEL.DISTILL.HEAD
-        uses_teacher = h.AKD.WEIGHT > 0 or h.CKD.WEIGHT > 0
+        uses_teacher = h.AKD.LOSS_WEIGHT > 0 or h.CKD.LOSS_WEIGHT > 0
         if (uses_teacher or h.ASSIST.INIT_FROM_TEACHER) and teacher is None:
             raise ValueError(
-                "HEADDistiller: AKD/CKD (MODEL.DISTILL.HEAD.AKD.WEIGHT / CKD.WEIGHT > 0) and "
+                "HEADDistiller: AKD/CKD (MODEL.DISTILL.HEAD.AKD.LOSS_WEIGHT / CKD.LOSS_WEIGHT > 0) and "
                 "ASSIST.INIT_FROM_TEACHER need a Faster R-CNN teacher (MODEL.DISTILL.TEACHER."
                 "NAME 'PretrainedTeacher'); for 'Assist only' set both weights to 0 and "
                 "INIT_FROM_TEACHER False."
@@ -254,9 +254,9 @@ class HEADDistiller(HEADBase):
         args = cls._base_args(cfg, student)
         args.update(
             layers=list(h.AKD.LAYERS),
-            akd_weight=h.AKD.WEIGHT,
+            akd_weight=h.AKD.LOSS_WEIGHT,
             akd_warmup=h.AKD.WARMUP_ITERS,
-            ckd_weight=h.CKD.WEIGHT,
+            ckd_weight=h.CKD.LOSS_WEIGHT,
             ckd_warmup=h.CKD.WARMUP_ITERS,
             ckd_stop=h.CKD.EARLY_STOP_ITER,
             ckd_adapter=h.CKD.ADAPTER,

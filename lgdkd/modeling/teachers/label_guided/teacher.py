@@ -11,7 +11,7 @@ Zhang et al., "LGD: Label-Guided Self-Distillation for Object Detection", AAAI 2
 3. appearance embeddings: masked average pooling of ``student_proj_2D`` (conv3x3 + LayerNorm
    over C, H, W + ReLU) of each student FPN level inside each box (or instance mask);
 4. inter-object relation adapter: one multi-head attention shared by all levels, confined to
-   the objects of one image, query = appearance, key = value = label embedding ("stuGuided");
+   the objects of one image, query = appearance, key = value = label embedding ("student_guided", the official "stuGuided");
 5. intra-object knowledge mapper: every object's vector painted on its box cells, conv3x3, plus
    the context vector, ReLU, then a shared refinement (conv-GN-ReLU x2, conv-GN).
 
@@ -44,7 +44,7 @@ from .oracle import LGDOracleDetector
 __all__ = ["LabelGuidedTeacher"]
 
 
-_PATTERNS = ("stuGuided", "labelGuided", "student_fill", "teacher_fill")
+_PATTERNS = ("student_guided", "label_guided", "student_fill", "teacher_fill")
 
 
 @TEACHER_REGISTRY.register()
@@ -68,7 +68,7 @@ class LabelGuidedTeacher(Teacher):
         *,
         feature_shapes: Dict[str, ShapeSpec],
         num_classes: int,
-        interact_pattern: str = "stuGuided",
+        interact_pattern: str = "student_guided",
         num_heads: int = 8,
         detach_appearance: bool = False,
         add_context_box: bool = False,
@@ -235,9 +235,9 @@ class LabelGuidedTeacher(Teacher):
         pad = pad.repeat(L, 1)
         lab = labels.expand(L, N, R, C).reshape(L * N, R, C)
         app = appearance.reshape(L * N, R, C)
-        if self.pattern == "stuGuided":
+        if self.pattern == "student_guided":
             q, kv = app, lab
-        else:  # labelGuided
+        else:  # label_guided
             q, kv = lab, app
         out, _ = self.attention(q, kv, kv, key_padding_mask=pad, need_weights=False)
         return out.reshape(L, N, R, C) * valid[..., None]
