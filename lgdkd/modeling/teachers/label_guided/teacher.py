@@ -11,7 +11,8 @@ Zhang et al., "LGD: Label-Guided Self-Distillation for Object Detection", AAAI 2
 3. appearance embeddings: masked average pooling of ``student_proj_2D`` (conv3x3 + LayerNorm
    over C, H, W + ReLU) of each student FPN level inside each box (or instance mask);
 4. inter-object relation adapter: one multi-head attention shared by all levels, confined to
-   the objects of one image, query = appearance, key = value = label embedding ("student_guided", the official "stuGuided");
+   the objects of one image, query = appearance, key = value = label embedding
+   ("student_guided", the official "stuGuided");
 5. intra-object knowledge mapper: every object's vector painted on its box cells, conv3x3, plus
    the context vector, ReLU, then a shared refinement (conv-GN-ReLU x2, conv-GN).
 
