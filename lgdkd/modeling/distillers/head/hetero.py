@@ -247,9 +247,9 @@ class HEADDistiller(HEADBase):
         if (uses_teacher or h.ASSIST.INIT_FROM_TEACHER) and teacher is None:
             raise ValueError(
                 "HEADDistiller: AKD/CKD (MODEL.DISTILL.HEAD.AKD.LOSS_WEIGHT / CKD.LOSS_WEIGHT "
-                "> 0) and ASSIST.INIT_FROM_TEACHER need a Faster R-CNN teacher (MODEL.DISTILL.TEACHER."
-                "NAME 'PretrainedTeacher'); for 'Assist only' set both weights to 0 and "
-                "INIT_FROM_TEACHER False."
+                "> 0) and ASSIST.INIT_FROM_TEACHER need a Faster R-CNN teacher "
+                "(MODEL.DISTILL.TEACHER.NAME 'PretrainedTeacher'); for 'Assist only' set both "
+                "weights to 0 and INIT_FROM_TEACHER False."
             )
         args = cls._base_args(cfg, student)
         args.update(
