@@ -18,6 +18,8 @@ from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_model
 
 from .checkpoint import atomic_save, atomic_write_text, check_state_dict, read_checkpoint
+from .config import get_cfg as lgdkd_get_cfg
+from .modeling.teachers.pretrained import build_teacher_config
 
 __all__ = [
     "student_state_dict",
@@ -72,8 +74,6 @@ def student_config(cfg) -> CfgNode:
         scfg.MODEL.META_ARCHITECTURE = scfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
     scfg.MODEL.WEIGHTS = ""
     if "DISTILL" in scfg.MODEL:
-        from .config import get_cfg as lgdkd_get_cfg
-
         scfg.MODEL.DISTILL = lgdkd_get_cfg().MODEL.DISTILL.clone()
         scfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = scfg.MODEL.META_ARCHITECTURE
     if is_stock_detectron2(scfg):
@@ -134,8 +134,6 @@ def export_teacher(cfg, weights: str, output_dir: str) -> Tuple[str, str]:
     """Write the co-trained teacher of a distillation checkpoint (e.g. CoLAD's second network,
     ``teacher.detector.*``) as ``model_teacher.pth`` + ``config_teacher.yaml`` (its own config,
     MODEL.DISTILL.TEACHER.CONFIG_FILE + OPTS) to ``output_dir``."""
-    from .modeling.teachers.pretrained import build_teacher_config
-
     state = read_checkpoint(weights, "checkpoint to export")
     state = {k[len(TEACHER_PREFIX) :]: v for k, v in state.items() if k.startswith(TEACHER_PREFIX)}
     if not state:

@@ -3,6 +3,8 @@
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
 
 from ..data import AnnotatedTestMapper
 from ..data.box_counts import load_dataset_dicts
@@ -71,9 +73,6 @@ def visualize(
     built model (``weights`` is then ignored); otherwise it is built with torch seeded by SEED
     (0 when negative), so that randomly initialised parts are the same in every call.
     Returns {layer or "combined": PNG path}."""
-    from detectron2.data import MetadataCatalog
-    from detectron2.modeling import build_model
-
     seed = max(int(cfg.SEED), 0)
     built = model is None
     if built:

@@ -26,6 +26,8 @@ from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
+from .timm_fpn import _bottom_up
+
 __all__ = [
     "BNEvalFPN",
     "LastLevelP6P7Configurable",
@@ -112,7 +114,5 @@ def build_resnet_fpn_p6p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
 @BACKBONE_REGISTRY.register()
 def build_timm_fpn_p6p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """timm bottom-up + FPN (P3-P7 for IN_FEATURES res3-res5) with the configurable top block."""
-    from .timm_fpn import _bottom_up
-
     required = () if cfg.MODEL.FPN.TOP_BLOCK_IN == "p5" else (cfg.MODEL.FPN.TOP_BLOCK_IN,)
     return _fpn(cfg, _bottom_up(cfg, input_shape, required=required))
