@@ -86,7 +86,10 @@ class ChannelWiseDistiller(Distiller):
     takes the padded map, which is the same for a batch of equal-size images). Returned:
     ``loss_distill_cwd = LOSS_WEIGHT * sum_l L_l``. The official code logs the cross-entropy
     ``-sum p_t log p_s``, which is this KL plus the teacher's entropy: same gradient, and 0
-    here when the maps agree.
+    here when the maps agree. With a 1x1 alignment the official code divides by the student's
+    channel count while summing over the teacher's; here C is the compared maps' (the
+    teacher's) channel count, the paper's mean over channels (the two agree for equal widths,
+    as in every official config).
     """
 
     needs_teacher_predictions = False
