@@ -23,7 +23,7 @@ from .annotations import (
     sanitize_coco_dict,
     sanitize_dataset_dicts,
 )
-from .box_counts import box_counts, load_dataset_dicts
+from .box_counts import load_dataset_dicts
 from .catalog import (
     NUM_CLASSES_KEYS,
     DatasetError,
@@ -42,7 +42,7 @@ from .deepforest import (
 )
 from .fashion_mnist import FashionMnistError
 from .generated import default_datasets_root
-from .ground_truth import EvaluationGroundTruth, evaluation_ground_truth
+from .ground_truth import EvaluationGroundTruth, box_counts, evaluation_ground_truth
 from .mapper import (
     AnnotatedTestMapper,
     CheckedDatasetMapper,

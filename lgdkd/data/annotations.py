@@ -36,7 +36,7 @@ from typing import Dict, Tuple
 import numpy as np
 from detectron2.structures import BoxMode
 
-from .catalog import DatasetError
+from .errors import DatasetError
 
 __all__ = [
     "DROP_REASONS",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .catalog import DatasetError
+from .errors import DatasetError
 
 __all__ = ["BACKGROUNDS", "Background", "BackgroundError", "background_crop", "load_backgrounds"]
 

@@ -14,9 +14,14 @@ from .annotations import (
     check_coco_categories,
     sanitize_dataset_dicts,
 )
-from .catalog import DatasetError
+from .errors import DatasetError
 
-__all__ = ["box_counts", "load_dataset_dicts", "report_box_counts", "usable_boxes_error"]
+__all__ = [
+    "load_dataset_dicts",
+    "recorded_box_counts",
+    "report_box_counts",
+    "usable_boxes_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +30,7 @@ _logged: Dict[Tuple[str, bool], str] = {}
 
 
 def report_box_counts(counts: BoxCounts, evaluation=False, note=""):
-    """Record ``counts`` for :func:`box_counts` and log them, once per process and set
+    """Record ``counts`` for :func:`recorded_box_counts` and log them, once per process and set
     (again only when they change): INFO when nothing is dropped, else WARNING."""
     key = (counts.dataset, bool(evaluation))
     _counts[key] = counts
@@ -81,27 +86,10 @@ def _unknown_category_error(dataset_name, exc) -> Optional[DatasetError]:
     return None
 
 
-def box_counts(dataset_name, evaluation=False) -> BoxCounts:
-    """The :class:`BoxCounts` of a registered set, as this process last reported them.
-
-    Args:
-        evaluation: False for the set's dataset dicts (training and test loaders), True for
-            the ground truth that COCO evaluation reads (its json). The two can differ by
-            what detectron2's loader skips (e.g. instances without a valid polygon).
-
-    A set that this process has not loaded yet is loaded (and reported) now.
-    """
-    key = (dataset_name, bool(evaluation))
-    if key not in _counts:
-        if evaluation:
-            from .ground_truth import evaluation_box_counts
-
-            evaluation_box_counts(dataset_name)
-        else:
-            load_dataset_dicts(dataset_name)
-    if key not in _counts:
-        raise DatasetError(f"Data set {dataset_name!r} has no box annotations to count.")
-    return _counts[key]
+def recorded_box_counts(dataset_name, evaluation=False) -> Optional[BoxCounts]:
+    """The counts last reported for ``dataset_name`` in this process, or None (nothing
+    loaded). :func:`lgdkd.data.ground_truth.box_counts` loads the set when needed."""
+    return _counts.get((dataset_name, bool(evaluation)))
 
 
 def usable_boxes_error(counts: List[BoxCounts], option="DATASETS.TRAIN") -> DatasetError:

@@ -19,7 +19,9 @@ from detectron2.data.datasets import register_coco_instances
 
 from .deepforest import check_deepforest_available, register_deepforest
 from .deepforest_dev import register as register_deepforest_dev
+from .errors import DatasetError
 from .generated import default_datasets_root
+from .proving_ground import check_proving_ground_available, register_proving_ground
 from .toy import register_builtin_toy
 
 __all__ = [
@@ -53,10 +55,6 @@ _HOW_TO_REGISTER = (
     'DATASETS.COCO_FORMAT \'[["name", "path/to/annotations.json", "path/to/images"]]\' '
     "(see datasets/README.md)."
 )
-
-
-class DatasetError(RuntimeError):
-    """A data set named by the config is unknown, incomplete or malformed."""
 
 
 # Names registered by detectron2 itself (COCO, LVIS, VOC, Cityscapes, ADE20K under
@@ -253,9 +251,6 @@ def register_datasets_from_cfg(cfg, check=True):
     Returns:
         list of the names registered (or confirmed) by this call.
     """
-    # imported here: the proving ground's errors derive from DatasetError, defined above
-    from .proving_ground import register_proving_ground
-
     root = default_datasets_root()
     names = list(register_deepforest(root))
     names.extend(register_deepforest_dev(root))
@@ -316,8 +311,6 @@ def _check_files(name):
         check_deepforest_available(meta.deepforest_root)
         return
     if hasattr(meta, "proving_ground_root"):
-        from .proving_ground import check_proving_ground_available
-
         check_proving_ground_available(meta.proving_ground_root)
         return
     if name not in _D2_BUILTIN_NAMES:

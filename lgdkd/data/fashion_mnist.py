@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from .catalog import DatasetError
+from .errors import DatasetError
 from .generated import sha256_file  # noqa: F401  (public here too: the pins' checker)
 
 __all__ = [

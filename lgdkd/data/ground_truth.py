@@ -28,10 +28,15 @@ from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.utils.file_io import PathManager
 
 from .annotations import RULE_VERSION, BoxCounts, sanitize_coco_dict
-from .box_counts import report_box_counts
-from .catalog import DatasetError
+from .box_counts import load_dataset_dicts, recorded_box_counts, report_box_counts
+from .errors import DatasetError
 
-__all__ = ["EvaluationGroundTruth", "evaluation_box_counts", "evaluation_ground_truth"]
+__all__ = [
+    "EvaluationGroundTruth",
+    "box_counts",
+    "evaluation_box_counts",
+    "evaluation_ground_truth",
+]
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,28 @@ def evaluation_box_counts(dataset_name) -> BoxCounts:
             data = json.load(f)
     _, counts = sanitize_coco_dict(data, dataset_name, where)
     report_box_counts(counts, evaluation=True)
+    return counts
+
+
+def box_counts(dataset_name, evaluation=False) -> BoxCounts:
+    """The :class:`BoxCounts` of a registered set, as this process last reported them.
+
+    Args:
+        evaluation: False for the set's dataset dicts (training and test loaders), True for
+            the ground truth that COCO evaluation reads (its json). The two can differ by
+            what detectron2's loader skips (e.g. instances without a valid polygon).
+
+    A set that this process has not loaded yet is loaded (and reported) now.
+    """
+    counts = recorded_box_counts(dataset_name, evaluation)
+    if counts is None:
+        if evaluation:
+            evaluation_box_counts(dataset_name)
+        else:
+            load_dataset_dicts(dataset_name)
+        counts = recorded_box_counts(dataset_name, evaluation)
+    if counts is None:
+        raise DatasetError(f"Data set {dataset_name!r} has no box annotations to count.")
     return counts
 
 

@@ -22,7 +22,7 @@ from detectron2.data.build import (
 from detectron2.data.detection_utils import check_metadata_consistency
 
 from .box_counts import load_dataset_dicts, usable_boxes_error
-from .catalog import DatasetError
+from .errors import DatasetError
 
 __all__ = [
     "AnnotatedTestMapper",

@@ -34,8 +34,8 @@ import numpy as np
 from detectron2.data.datasets import load_coco_json
 
 from .backgrounds import BACKGROUNDS, background_crop, load_backgrounds, pixels_sha256
-from .catalog import DatasetError
 from .composite import ProvingGroundOptions, compose_image, encode_png
+from .errors import DatasetError
 from .fashion_mnist import (
     CLASS_NAMES,
     FashionMnistError,
