@@ -172,7 +172,12 @@ def get_cfg():
 
 
 # backbone builders that honour MODEL.BACKBONE.BN_EVAL
-BN_EVAL_BACKBONES = ("build_resnet_fpn_p6p7_backbone", "build_timm_fpn_p6p7_backbone")
+BN_EVAL_BACKBONES = (
+    "build_resnet_fpn_p6p7_backbone",
+    "build_timm_fpn_p6p7_backbone",
+    "build_timm_retinanet_fpn_backbone",
+    "build_fcos_resnet_fpn_backbone",
+)
 
 
 def check_config(cfg, source: str = "the config"):
@@ -181,8 +186,9 @@ def check_config(cfg, source: str = "the config"):
         raise ValueError(
             f"{source}: MODEL.BACKBONE.BN_EVAL True is only read by the backbones "
             f"{', '.join(BN_EVAL_BACKBONES)}, not by MODEL.BACKBONE.NAME "
-            f"{cfg.MODEL.BACKBONE.NAME!r}: use one of them (with MODEL.FPN.TOP_BLOCK_IN / "
-            "TOP_BLOCK_RELU for P6/P7) or set BN_EVAL False."
+            f"{cfg.MODEL.BACKBONE.NAME!r}: use one of them (build_resnet_fpn_p6p7_backbone "
+            "with MODEL.FPN.TOP_BLOCK_IN / TOP_BLOCK_RELU for P6/P7 on a ResNet) or set "
+            "BN_EVAL False."
         )
 
 

@@ -126,6 +126,57 @@ def test_timm_retinanet_fpn_backbone_gives_p3_to_p7_with_p6_from_c5():
     _assert_outputs_match_shape(backbone, outputs, (64, 96))
 
 
+def _d2_fpn_p6p7(cfg, bottom_up, in_channels, in_feature):
+    """detectron2's own FPN + LastLevelP6P7, the way its RetinaNet / FCOS builders make it."""
+    from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+
+    out = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(in_channels, out, in_feature=in_feature),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+@pytest.mark.parametrize("name", ["timm_retinanet", "fcos"])
+def test_p6p7_builders_equal_detectron2_fpn_with_its_top_block(name):
+    """The builders that fix the top block build, from the same seed, the parameters and the
+    outputs of detectron2's FPN with its LastLevelP6P7 (C5 for RetinaNet, P5 for FCOS)."""
+    from lgdkd.modeling.backbones.timm_backbone import TimmBackbone
+
+    if name == "timm_retinanet":
+        cfg = _timm_cfg(
+            "tf_efficientnet_lite0", ["res3", "res4", "res5"], "build_timm_retinanet_fpn_backbone"
+        )
+        shape = ShapeSpec(channels=3)
+        ours = _build(cfg)
+        torch.manual_seed(0)
+        bottom_up = TimmBackbone(cfg, shape)
+        theirs = _d2_fpn_p6p7(cfg, bottom_up, bottom_up.output_shape()["res5"].channels, "res5")
+    else:
+        cfg = get_cfg()
+        cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
+        cfg.MODEL.RESNETS.DEPTH = 18
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+        cfg.MODEL.FPN.OUT_CHANNELS = 32
+        shape = ShapeSpec(channels=3)
+        ours = _build(cfg)
+        torch.manual_seed(0)
+        theirs = _d2_fpn_p6p7(cfg, build_resnet_backbone(cfg, shape), 32, "p5")
+    assert type(ours) is type(theirs)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ya, yb = ours.eval()(x), theirs.eval()(x)
+    assert list(ya) == list(yb) and all(torch.equal(ya[k], yb[k]) for k in ya)
+
+
 def test_fpn_in_features_must_be_backbone_outputs():
     cfg = _timm_cfg("mobilenetv2_100", ["res4", "res5"], "build_timm_fpn_backbone")
     cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]

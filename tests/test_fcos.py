@@ -29,7 +29,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-import lgdkd.modeling.detectors.fcos as fcos_module  # registers FCOS and its backbone
+import lgdkd.modeling.backbones as backbones  # registers the FCOS backbone
+import lgdkd.modeling.detectors.fcos as fcos_module  # registers FCOS
 from lgdkd.config import get_cfg
 from lgdkd.engine import Trainer, launch
 from lgdkd.modeling.distill.adapters import build_adapter
@@ -64,7 +65,7 @@ def test_registered():
     assert META_ARCH_REGISTRY.get("FCOS") is fcos_module.FCOS
     assert issubclass(fcos_module.FCOS, DetectronFCOS)
     assert BACKBONE_REGISTRY.get("build_fcos_resnet_fpn_backbone") is (
-        fcos_module.build_fcos_resnet_fpn_backbone
+        backbones.build_fcos_resnet_fpn_backbone
     )
 
 

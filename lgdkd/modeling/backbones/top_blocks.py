@@ -1,5 +1,5 @@
 """FPN top blocks producing P6/P7 from either C5 or P5, with or without a ReLU before P7, and
-the yacs builders that use them.
+every P3-P7 backbone builder of the project (one FPN constructor, :func:`fpn_p6p7`).
 
 detectron2's ``LastLevelP6P7`` computes P6 from its input (C5 in
 ``build_retinanet_resnet_fpn_backbone``) and applies a ReLU before P7. MMDetection's FPN, which
@@ -10,10 +10,21 @@ reproduction of those papers' numbers, needs the latter.
 
 MODEL.BACKBONE.BN_EVAL keeps the bottom-up BatchNorms in eval mode (:class:`BNEvalFPN`).
 
-Keys (read by the two builders below):
+MODEL.BACKBONE.NAME (each registered in detectron2's BACKBONE_REGISTRY):
+    build_resnet_fpn_p6p7_backbone     ResNet, P6/P7 as MODEL.FPN.TOP_BLOCK_IN / TOP_BLOCK_RELU say
+    build_timm_fpn_p6p7_backbone       the same on a timm network
+    build_timm_retinanet_fpn_backbone  timm, P6/P7 from C5 with the ReLU (detectron2 RetinaNet's
+                                       layout, as build_retinanet_resnet_fpn_backbone)
+    build_fcos_resnet_fpn_backbone     ResNet, P6/P7 from P5 with the ReLU (detectron2's FCOS
+                                       LazyConfig; the FCOS journal version, arXiv:2006.09214,
+                                       Sec. 2.2)
+
+Keys read by the first two:
     MODEL.FPN.TOP_BLOCK_IN: "res5" (C5, detectron2 RetinaNet) or "p5" (the FPN output; MMDetection
         and detectron2's FCOS).
     MODEL.FPN.TOP_BLOCK_RELU: ReLU between P6 and P7 (detectron2: True; MMDetection: False).
+The top block with ``relu`` True is detectron2's ``LastLevelP6P7`` (same parameters, state-dict
+keys and outputs).
 """
 
 import math
@@ -31,8 +42,11 @@ from .timm_fpn import _bottom_up
 __all__ = [
     "BNEvalFPN",
     "LastLevelP6P7Configurable",
+    "build_fcos_resnet_fpn_backbone",
     "build_resnet_fpn_p6p7_backbone",
     "build_timm_fpn_p6p7_backbone",
+    "build_timm_retinanet_fpn_backbone",
+    "fpn_p6p7",
 ]
 
 
@@ -57,9 +71,9 @@ class LastLevelP6P7Configurable(nn.Module):
         return [p6, p7]
 
 
-def _top_block(cfg, bottom_up, out_channels: int) -> LastLevelP6P7Configurable:
-    source = cfg.MODEL.FPN.TOP_BLOCK_IN
-    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+def _top_block(
+    bottom_up, in_features, out_channels: int, source: str, relu: bool
+) -> LastLevelP6P7Configurable:
     shapes = bottom_up.output_shape()
     if source == "p5":
         # the FPN names its outputs p<log2(stride)>: the coarsest one feeds P6
@@ -72,9 +86,7 @@ def _top_block(cfg, bottom_up, out_channels: int) -> LastLevelP6P7Configurable:
             f"MODEL.FPN.TOP_BLOCK_IN = {source!r}: use 'p5' (the FPN's coarsest output) or a "
             f"bottom-up feature of {sorted(shapes)}."
         )
-    return LastLevelP6P7Configurable(
-        channels, out_channels, in_feature=name, relu=cfg.MODEL.FPN.TOP_BLOCK_RELU
-    )
+    return LastLevelP6P7Configurable(channels, out_channels, in_feature=name, relu=relu)
 
 
 class BNEvalFPN(FPN):
@@ -92,27 +104,54 @@ class BNEvalFPN(FPN):
         return self
 
 
-def _fpn(cfg, bottom_up) -> FPN:
+def fpn_p6p7(cfg, bottom_up, top_block_in: str, relu: bool) -> FPN:
+    """detectron2's FPN (:class:`BNEvalFPN` with MODEL.BACKBONE.BN_EVAL) on ``bottom_up`` with
+    P6/P7 computed from ``top_block_in`` ("p5" or a bottom-up feature such as "res5"), a ReLU
+    before P7 when ``relu``. Reads MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE}."""
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    in_features = cfg.MODEL.FPN.IN_FEATURES
     cls = BNEvalFPN if cfg.MODEL.BACKBONE.BN_EVAL else FPN
     return cls(
         bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        in_features=in_features,
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=_top_block(cfg, bottom_up, out_channels),
+        top_block=_top_block(bottom_up, in_features, out_channels, top_block_in, relu),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+def _configured(cfg, bottom_up) -> FPN:
+    return fpn_p6p7(cfg, bottom_up, cfg.MODEL.FPN.TOP_BLOCK_IN, cfg.MODEL.FPN.TOP_BLOCK_RELU)
 
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_fpn_p6p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """ResNet + FPN (P3-P7 for IN_FEATURES res3-res5) with the configurable P6/P7 top block."""
-    return _fpn(cfg, build_resnet_backbone(cfg, input_shape))
+    return _configured(cfg, build_resnet_backbone(cfg, input_shape))
 
 
 @BACKBONE_REGISTRY.register()
 def build_timm_fpn_p6p7_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """timm bottom-up + FPN (P3-P7 for IN_FEATURES res3-res5) with the configurable top block."""
     required = () if cfg.MODEL.FPN.TOP_BLOCK_IN == "p5" else (cfg.MODEL.FPN.TOP_BLOCK_IN,)
-    return _fpn(cfg, _bottom_up(cfg, input_shape, required=required))
+    return _configured(cfg, _bottom_up(cfg, input_shape, required=required))
+
+
+@BACKBONE_REGISTRY.register()
+def build_timm_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """timm bottom-up + FPN + P6/P7 from C5 (outputs p3..p7 for IN_FEATURES res3..res5), as
+    detectron2 v0.6's ``build_retinanet_resnet_fpn_backbone`` builds them on a ResNet."""
+    return fpn_p6p7(cfg, _bottom_up(cfg, input_shape, required=("res5",)), "res5", relu=True)
+
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN with two extra levels computed from the FPN's coarsest output.
+
+    With MODEL.FPN.IN_FEATURES res3-res5 the outputs are P3-P7 and P6/P7 come from P5
+    (MODEL.FPN.OUT_CHANNELS channels), where ``build_retinanet_resnet_fpn_backbone`` uses C5
+    (2048 channels for R-50). That is detectron2's FCOS LazyConfig and the FCOS journal version
+    (arXiv:2006.09214, Sec. 2.2). Reads MODEL.RESNETS.* and MODEL.FPN.*.
+    """
+    return fpn_p6p7(cfg, build_resnet_backbone(cfg, input_shape), "p5", relu=True)

@@ -39,23 +39,21 @@ of radius 1.5 strides, GIoU, centerness on the regression tower, GN(32) towers o
 N(0, 0.01) initialisation with the class prior 0.01, NMS 0.6 (cvpods; MMDetection 0.5).
 
 That LazyConfig computes P6/P7 from the FPN output P5 (256 channels), not from C5 as
-``build_retinanet_resnet_fpn_backbone`` does; :func:`build_fcos_resnet_fpn_backbone` is the yacs
-builder of that backbone.
+``build_retinanet_resnet_fpn_backbone`` does;
+:func:`lgdkd.modeling.backbones.build_fcos_resnet_fpn_backbone` is the yacs builder of that
+backbone.
 
 Shape shorthand: N images, L levels, R = sum_l Hl * Wl locations (one anchor point each),
 P positive locations of the batch, K = MODEL.FCOS.NUM_CLASSES, C tower channels.
 """
 
-import math
 from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS as _DetectronFCOS
 from detectron2.modeling.meta_arch.fcos import FCOSHead as _DetectronFCOSHead
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_point_box_distance
@@ -70,7 +68,6 @@ __all__ = [
     "FCOSHead",
     "Scale",
     "build_fcos_head",
-    "build_fcos_resnet_fpn_backbone",
 ]
 
 
@@ -446,30 +443,4 @@ def build_fcos_head(cfg, input_shapes: List[ShapeSpec]) -> FCOSHead:
         norm=f.HEAD_NORM,
         prior_prob=f.PRIOR_PROB,
         scale_per_level=f.SCALE_PER_LEVEL,
-    )
-
-
-@BACKBONE_REGISTRY.register()
-def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """ResNet + FPN with two extra levels computed from the FPN's coarsest output.
-
-    With MODEL.FPN.IN_FEATURES res3-res5 the outputs are P3-P7 and P6/P7 come from P5
-    (MODEL.FPN.OUT_CHANNELS channels), where ``build_retinanet_resnet_fpn_backbone`` uses C5
-    (2048 channels for R-50). That is detectron2's FCOS LazyConfig and the FCOS journal version
-    (arXiv:2006.09214, Sec. 2.2). Reads MODEL.RESNETS.* and
-    MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE}.
-    """
-    bottom_up = build_resnet_backbone(cfg, input_shape)
-    in_features = cfg.MODEL.FPN.IN_FEATURES
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    # the FPN names its outputs p<log2(stride)>: the coarsest one is the input of P6
-    top_stride = bottom_up.output_shape()[in_features[-1]].stride
-    top_level = "p{}".format(int(math.log2(top_stride)))
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=in_features,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(out_channels, out_channels, in_feature=top_level),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
