@@ -37,7 +37,7 @@ from detectron2.layers import ShapeSpec, batched_nms, cat, get_norm
 from detectron2.layers.losses import ciou_loss
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Instances
 from fvcore.nn import giou_loss
 from torch import Tensor, nn
 
@@ -52,6 +52,7 @@ from ...layers import (
 from ...utils.dist import count_over_workers
 from ..matching.atss import atss_assign, grid_anchors, valid_anchor_mask
 from ..matching.targets import AssignsTargets, DenseTargets
+from .dense_inference import candidates, detections, top_locations
 
 __all__ = ["GFL", "GFLHead", "aligned_iou"]
 
@@ -446,15 +447,11 @@ class GFL(AssignsTargets, DenseDetector):
         (box, class) pairs above SCORE_THRESH_TEST, class-wise NMS, top DETECTIONS_PER_IMAGE."""
         boxes_all, scores_all = [], []
         for s, r, c, st in zip(scores, reg, centers, strides):
-            if s.shape[0] > self.test_topk_candidates:
-                _, keep = s.amax(dim=1).topk(self.test_topk_candidates)
-                s, r, c, st = s[keep], r[keep], c[keep], st[keep]
+            s, r, c, st = top_locations(s, self.test_topk_candidates, r, c, st)
             dist = integral_distances(r, self.reg_max) * st[:, None]
             boxes_all.append(distance2bbox(c, dist, max_shape=image_size))
             scores_all.append(s)
-        boxes, scores_ = torch.cat(boxes_all), torch.cat(scores_all)
-        loc, cls = (scores_ > self.test_score_thresh).nonzero(as_tuple=True)
-        cand_boxes, cand_scores = boxes[loc], scores_[loc, cls]
+        cand_boxes, cand_scores, cls = candidates(boxes_all, scores_all, self.test_score_thresh)
         if self.nms_type == "nms":
             keep = batched_nms(cand_boxes, cand_scores, cls, self.test_nms_thresh)
             keep = keep[: self.max_detections_per_image]
@@ -468,8 +465,4 @@ class GFL(AssignsTargets, DenseDetector):
                 max_candidates=self.nms_max_candidates,
                 max_detections=self.max_detections_per_image,
             )
-        result = Instances(image_size)
-        result.pred_boxes = Boxes(out_boxes)
-        result.scores = cand_scores[keep]
-        result.pred_classes = cls[keep]
-        return result
+        return detections(image_size, out_boxes, cand_scores[keep], cls[keep])

@@ -48,6 +48,7 @@ from ...utils.dist import mean_over_workers
 from ..matching.atss import grid_anchors, valid_anchor_mask
 from ..matching.paa import paa_assign
 from ..matching.targets import AssignsTargets, DenseTargets
+from .dense_inference import candidates, detections, top_locations
 from .gfl import (
     Scale,
     aligned_iou,
@@ -422,16 +423,12 @@ class PAA(AssignsTargets, DenseDetector):
     ) -> Instances:
         boxes_all, scores_all = [], []
         for s, d, a in zip(scores, deltas, anchors):
-            if s.shape[0] > self.test_topk_candidates:
-                _, keep = s.amax(dim=1).topk(self.test_topk_candidates)
-                s, d, a = s[keep], d[keep], a[keep]
+            s, d, a = top_locations(s, self.test_topk_candidates, d, a)
             b = Boxes(self.decode(d, a))
             b.clip(image_size)
             boxes_all.append(b.tensor)
             scores_all.append(s)
-        boxes, scores_ = torch.cat(boxes_all), torch.cat(scores_all)
-        loc, cls = (scores_ > self.test_score_thresh).nonzero(as_tuple=True)
-        cand_boxes, cand_scores = boxes[loc], scores_[loc, cls]
+        cand_boxes, cand_scores, cls = candidates(boxes_all, scores_all, self.test_score_thresh)
         keep = batched_nms(cand_boxes, cand_scores, cls, self.test_nms_thresh)
         keep = keep[: self.max_detections_per_image]
         out_boxes = cand_boxes[keep]
@@ -439,8 +436,4 @@ class PAA(AssignsTargets, DenseDetector):
             out_boxes = paa_score_voting(
                 out_boxes, cls[keep], cand_boxes, cand_scores, cls, sigma=self.voting_sigma
             )
-        result = Instances(image_size)
-        result.pred_boxes = Boxes(out_boxes)
-        result.scores = cand_scores[keep]
-        result.pred_classes = cls[keep]
-        return result
+        return detections(image_size, out_boxes, cand_scores[keep], cls[keep])
