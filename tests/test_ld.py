@@ -200,7 +200,7 @@ def test_gfl_losses_equal_the_formulas(tiny_cfg):
     """QFL / GIoU / DFL of GFL.losses recomputed location by location from the definitions."""
     from detectron2.utils.events import EventStorage
 
-    from lgdkd.modeling.detectors.gfl import aligned_iou
+    from lgdkd.modeling.detectors.head_parts import aligned_iou
 
     cfg = tiny_cfg("gfl")
     model = _gfl(cfg)

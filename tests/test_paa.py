@@ -263,7 +263,7 @@ def test_paa_losses_equal_the_formulas(tiny_cfg):
     from the recorded targets."""
     from fvcore.nn import giou_loss, sigmoid_focal_loss
 
-    from lgdkd.modeling.detectors.gfl import aligned_iou
+    from lgdkd.modeling.detectors.head_parts import aligned_iou
 
     cfg = tiny_cfg("paa")
     model = _paa(cfg)

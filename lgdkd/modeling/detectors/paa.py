@@ -49,7 +49,7 @@ from ..matching.atss import grid_anchors, valid_anchor_mask
 from ..matching.paa import paa_assign
 from ..matching.targets import AssignsTargets, DenseTargets
 from .dense_inference import candidates, detections, top_locations
-from .gfl import (
+from .head_parts import (
     Scale,
     aligned_iou,
     check_head_features,
