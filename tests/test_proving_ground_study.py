@@ -10,6 +10,8 @@ import dataclasses
 import io
 import json
 import os
+import re
+import shutil
 import sys
 
 import pytest
@@ -555,6 +557,49 @@ def test_final_evaluates_every_run_once_on_test(cpu_study, fake_train, monkeypat
     commands.clear()
     assert _main(["--tier", "cpu", "--output", output, "--final"])[0] == text
     assert commands == []  # done once, reused
+
+
+def _remove_test_evaluations(output):
+    for root, dirs, _ in os.walk(output):
+        if "test_eval" in dirs:
+            shutil.rmtree(os.path.join(root, "test_eval"))
+
+
+def test_final_keeps_gate_a_as_decided_on_dev(cpu_study, fake_train, monkeypatch):
+    """On test the PAA baseline's seeds spread so far that LAD's gate (a) would fail there; the
+    verdict keeps the gate decided on dev (pass) and prints the test split's for information."""
+    test_ap = {"paa_EffLite0": {1: 10.0, 2: 22.0, 3: 34.0}}
+
+    def run_command(cmd, log_path, env):
+        run = os.path.dirname(cmd[cmd.index("--config-file") + 1])
+        rec, _ = seed_runs.final_record(run)
+        name = os.path.basename(os.path.dirname(os.path.dirname(run)))
+        seed = int(os.path.basename(run)[len("seed") :])
+        ap = test_ap.get(name, {}).get(seed, rec["bbox/AP"])
+        out = cmd[cmd.index("OUTPUT_DIR") + 1]
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "log.txt"), "a") as f:
+            f.write(EVAL_LOG.format(ds="proving_ground_test", ap=ap, ap50=40.0))
+        return 0
+
+    monkeypatch.setattr(pg, "run_command", run_command)
+    output = cpu_study["output"]
+    _remove_test_evaluations(output)
+    try:
+        text, _ = _main(["--tier", "cpu", "--output", output, "--final"])
+    finally:
+        _remove_test_evaluations(output)
+    lad = [line for line in text.splitlines() if line.startswith("| paa_EffLite0_lad | LAD |")]
+    assert len(lad) == 2  # against PAA and against the control
+    assert "not testable" not in lad[0] and "| a pass;" in lad[0]
+    gates = text.split("## Gates")[1].split("gate (c)")[0]
+    decided, recomputed = gates.split("gate (a) recomputed on proving_ground_test")
+    assert "gate (a), decided on proving_ground_dev (the verdicts use it)" in decided
+    assert re.search(r"paa_EffLite0_lad \(LAD\): .*: pass:", decided)
+    assert re.search(r"paa_EffLite0_lad \(LAD\): .*: fail:", recomputed)
+    # FitNet's gate fails on dev (0.13 x 9 AP <= 2 x 1.0): its test verdict says so
+    fitnet = next(line for line in text.splitlines() if line.startswith("| retinanet_EffLite0_fit"))
+    assert "not testable here (gate a)" in fitnet
 
 
 def test_final_refuses_a_tier_that_is_not_trained(tmp_path, fake_train):

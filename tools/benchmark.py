@@ -34,11 +34,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import lgdkd.modeling  # noqa: E402,F401  (registers lgdkd's models)
 from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+import lgdkd.modeling  # noqa: E402,F401  (registers lgdkd's models)
 from lgdkd.config import get_cfg  # noqa: E402
 from lgdkd.data import (  # noqa: E402
     CheckedDatasetMapper,

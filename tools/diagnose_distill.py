@@ -25,9 +25,9 @@ import torch  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import lgdkd.modeling  # noqa: E402,F401
+from lgdkd.data import apply_num_classes, register_datasets_from_cfg  # noqa: E402
 from lgdkd.engine import Trainer, load_config  # noqa: E402
 from lgdkd.engine.checkpointer import load_for_evaluation, load_initial_weights  # noqa: E402
-from lgdkd.data import apply_num_classes, register_datasets_from_cfg  # noqa: E402
 from lgdkd.modeling.distill.schedule import DistillSchedule  # noqa: E402
 
 PARTS = ("backbone.bottom_up", "backbone", "head")
