@@ -23,8 +23,8 @@ Keys read by the first two:
     MODEL.FPN.TOP_BLOCK_IN: "res5" (C5, detectron2 RetinaNet) or "p5" (the FPN output; MMDetection
         and detectron2's FCOS).
     MODEL.FPN.TOP_BLOCK_RELU: ReLU between P6 and P7 (detectron2: True; MMDetection: False).
-The top block with ``relu`` True is detectron2's ``LastLevelP6P7`` (same parameters, state-dict
-keys and outputs).
+With a ReLU before P7 the top block is detectron2's own ``LastLevelP6P7``; without it,
+:class:`LastLevelP6P7Configurable` (same parameters and state-dict keys).
 """
 
 import math
@@ -33,7 +33,7 @@ import fvcore.nn.weight_init as weight_init
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.fpn import FPN
+from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
@@ -71,9 +71,7 @@ class LastLevelP6P7Configurable(nn.Module):
         return [p6, p7]
 
 
-def _top_block(
-    bottom_up, in_features, out_channels: int, source: str, relu: bool
-) -> LastLevelP6P7Configurable:
+def _top_block(bottom_up, in_features, out_channels: int, source: str, relu: bool) -> nn.Module:
     shapes = bottom_up.output_shape()
     if source == "p5":
         # the FPN names its outputs p<log2(stride)>: the coarsest one feeds P6
@@ -86,7 +84,11 @@ def _top_block(
             f"MODEL.FPN.TOP_BLOCK_IN = {source!r}: use 'p5' (the FPN's coarsest output) or a "
             f"bottom-up feature of {sorted(shapes)}."
         )
-    return LastLevelP6P7Configurable(channels, out_channels, in_feature=name, relu=relu)
+    if relu:
+        # detectron2's own block computes exactly this (same parameters, init order, outputs);
+        # using it keeps the module types of detectron2's RetinaNet / FCOS models
+        return LastLevelP6P7(channels, out_channels, in_feature=name)
+    return LastLevelP6P7Configurable(channels, out_channels, in_feature=name, relu=False)
 
 
 class BNEvalFPN(FPN):
