@@ -12,6 +12,8 @@ import os
 import sys
 
 import lgdkd.modeling  # noqa: F401  (registers meta-archs, backbones, ...)
+from lgdkd.checkpoint import StrictLoadError
+from lgdkd.data import DatasetError, ImageReadError
 from lgdkd.engine import (
     ConfigKeyError,
     Trainer,
@@ -21,10 +23,7 @@ from lgdkd.engine import (
     load_config,
     setup,
 )
-from lgdkd.checkpoint import StrictLoadError
-from lgdkd.data import DatasetError, ImageReadError
 from lgdkd.engine.checkpointer import load_for_evaluation, newest_readable_checkpoint
-
 
 # Errors that describe bad input (config, weights, data): printed as one message, without a
 # traceback (set LGDKD_TRACEBACK=1 to see it).
