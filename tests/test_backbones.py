@@ -168,7 +168,10 @@ def test_p6p7_builders_equal_detectron2_fpn_with_its_top_block(name):
         ours = _build(cfg)
         torch.manual_seed(0)
         theirs = _d2_fpn_p6p7(cfg, build_resnet_backbone(cfg, shape), 32, "p5")
-    modules = lambda m: {n: type(x) for n, x in m.named_modules()}  # noqa: E731
+
+    def modules(model):
+        return {n: type(m) for n, m in model.named_modules()}
+
     assert type(ours) is type(theirs) and modules(ours) == modules(theirs)
     a, b = ours.state_dict(), theirs.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -93,8 +93,12 @@ for _path in (ROOT, os.path.join(ROOT, "tools")):
 import seed_runs  # noqa: E402
 from seed_runs import Arm  # noqa: E402
 
-from lgdkd.evaluation.gates import read_metrics  # noqa: E402
-from lgdkd.evaluation.gates import GateResult, collapse_gate_for_runs, gap_gate  # noqa: E402
+from lgdkd.evaluation.gates import (  # noqa: E402
+    GateResult,
+    collapse_gate_for_runs,
+    gap_gate,
+    read_metrics,
+)
 from lgdkd.evaluation.stats import GAIN, paired_comparison  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "ProvingGround")
